@@ -1,0 +1,25 @@
+"""Train a model: `python src/train.py experiment=wrn_cifar100` (see README for overrides and sweeps)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from wrncifar.entry import run
+from wrncifar.training import optimized_metric_value, train
+
+# `paths.root_dir` resolves to the checkout holding this file, wherever the command is run from.
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train.yaml")
+def main(cfg: DictConfig) -> float | None:
+    metrics = run(train, cfg)
+    return optimized_metric_value(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Check a composed config against the constructors it will call, before anything is instantiated.
+
+YAML configs carry no types, so `data.batch_size=abc` would otherwise surface deep inside a DataLoader after
+the dataset was read. Each node with a `_target_` is checked against the target's signature: unknown keys
+and values of the wrong primitive type (int, float, bool, str, None, Literal choices, sequences of those)
+are reported with their full config key. Types the checker does not understand are left to the target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """The composed config cannot work: the message names each offending key."""
+
+
+_UNCHECKED = object()
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise `ConfigError` listing every mistyped or unknown key of the config's instantiable nodes."""
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    problems: list[str] = []
+    _walk(container, "", problems)
+    if problems:
+        raise ConfigError(
+            "invalid config:\n  "
+            + "\n  ".join(problems)
+            + "\nFix these keys on the command line or in the config files."
+        )
+
+
+def _walk(node: Any, path: str, problems: list[str]) -> None:
+    if isinstance(node, Mapping):
+        if "_target_" in node:
+            _check_target(node, path, problems)
+        for key, value in node.items():
+            _walk(value, f"{path}.{key}" if path else str(key), problems)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _walk(value, f"{path}[{i}]", problems)
+
+
+def _check_target(node: Mapping[str, Any], path: str, problems: list[str]) -> None:
+    try:
+        target = get_object(node["_target_"])
+    except Exception as err:  # noqa: BLE001 - any import failure means the same thing to the user
+        problems.append(f"{path}._target_: cannot import {node['_target_']!r} ({err})")
+        return
+    hints, open_kwargs = _signature_hints(target)
+    for key, value in node.items():
+        if key.startswith("_"):
+            continue
+        if key not in hints:
+            if not open_kwargs:
+                known = ", ".join(sorted(hints))
+                problems.append(f"{path}.{key}: not an argument of {node['_target_']} (known: {known})")
+            continue
+        if isinstance(value, Mapping) and "_target_" in value:
+            continue
+        error = _type_error(value, hints[key])
+        if error:
+            problems.append(f"{path}.{key}: {error}")
+
+
+def _signature_hints(target: Any) -> tuple[dict[str, Any], bool]:
+    """Parameter name → annotation, following **kwargs up the class hierarchy."""
+    hints: dict[str, Any] = {}
+    functions = (
+        [cls.__init__ for cls in target.__mro__ if "__init__" in vars(cls)] if inspect.isclass(target) else [target]
+    )
+    for function in functions:
+        try:
+            signature = inspect.signature(function)
+        except (TypeError, ValueError):
+            return hints, True
+        try:
+            annotations = typing.get_type_hints(function)
+        except Exception:  # noqa: BLE001 - unresolvable annotations: accept any value for them
+            annotations = {}
+        has_kwargs = False
+        for name, param in signature.parameters.items():
+            if param.kind is param.VAR_KEYWORD:
+                has_kwargs = True
+            elif param.kind is not param.VAR_POSITIONAL and name != "self":
+                hints.setdefault(name, annotations.get(name, _UNCHECKED))
+        if not has_kwargs:
+            return hints, False
+    return hints, True
+
+
+def _type_error(value: Any, hint: Any) -> str | None:
+    """A description of why `value` does not fit `hint`, or None when it fits (or cannot be judged)."""
+    if hint is _UNCHECKED or hint is Any:
+        return None
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        settings = [a for a in args if dataclasses.is_dataclass(a)]
+        if settings and isinstance(value, Mapping):
+            return _dataclass_error(value, settings[0])
+        errors = [_type_error(value, arg) for arg in args]
+        return None if any(e is None for e in errors) else f"expected {_describe(hint)}, got {value!r}"
+    if origin is typing.Literal:
+        return None if value in args else f"expected one of {list(args)}, got {value!r}"
+    if hint is type(None):
+        return None if value is None else f"expected null, got {value!r}"
+    if hint is bool:
+        return None if isinstance(value, bool) else f"expected a boolean (true/false), got {value!r}"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else f"expected an integer, got {value!r}"
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if ok else f"expected a number, got {value!r}"
+    if hint is str or hint is Path:
+        return None if isinstance(value, str) else f"expected a string, got {value!r}"
+    if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+        return _dataclass_error(value, hint)
+    if origin in (list, tuple, Sequence) or hint in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return f"expected a list, got {value!r}"
+        element = args[0] if args and (origin is not tuple or (len(args) == 2 and args[1] is Ellipsis)) else _UNCHECKED
+        errors = [_type_error(v, element) for v in value]
+        return next((f"element {i}: {e}" for i, e in enumerate(errors) if e), None)
+    return None
+
+
+def _dataclass_error(value: Mapping[str, Any], cls: type) -> str | None:
+    hints = typing.get_type_hints(cls)
+    for key, item in value.items():
+        if key not in hints:
+            return f"{key!r} is not a field of {cls.__name__} (known: {', '.join(hints)})"
+        error = _type_error(item, hints[key])
+        if error:
+            return f"{key}: {error}"
+    return None
+
+
+def _describe(hint: Any) -> str:
+    return " or ".join(getattr(a, "__name__", str(a)).replace("NoneType", "null") for a in typing.get_args(hint))

@@ -1,0 +1,133 @@
+"""CIFAR-100 as a LightningDataModule: a stratified 45,000 / 5,000 train/val split and the official test set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from wrncifar.argument_checks import require_positive_int
+from wrncifar.data.arrays import ImageArrays, stratified_split
+from wrncifar.data.cifar100_sources import load_cifar100, prepare_cifar100
+from wrncifar.data.transforms import eval_transform, train_transform
+
+
+class ImageDataset(Dataset):
+    """uint8 CHW images kept in one tensor; the transform runs per sample in the loader workers."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: torch.nn.Module) -> None:
+        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.images[index]), self.labels[index]
+
+
+def default_num_workers() -> int:
+    """One loader worker per available core, at most 8 (more does not help 32×32 images)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+class CIFAR100DataModule(LightningDataModule):
+    """CIFAR-100 from `data_dir` (see `cifar100_sources` for the accepted layouts).
+
+    Args:
+        data_dir: folder holding the dataset, or where torchvision downloads it.
+        batch_size: images per training step on each device.
+        eval_batch_size: images per validation/test step; defaults to `batch_size`.
+        num_workers: loader worker processes; None picks one per CPU core (at most 8).
+        pin_memory: page-locked host memory for faster copies to a GPU (ignored without CUDA).
+        persistent_workers: keep workers alive between epochs (ignored with 0 workers).
+        val_per_class: training images of each class held out for validation (50 → 45,000 / 5,000).
+        split_seed: seed of the validation split; the same seed gives the same split on every run.
+        download: download through torchvision when no copy is found.
+        crop_padding: zero padding before the random 32×32 training crop (0 disables the crop).
+        flip: random horizontal flips in training.
+    """
+
+    num_classes = 100
+
+    def __init__(
+        self,
+        data_dir: str = "data/",
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int | None = None,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        val_per_class: int = 50,
+        split_seed: int = 0,
+        download: bool = True,
+        crop_padding: int = 4,
+        flip: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in [("batch_size", batch_size), ("val_per_class", val_per_class)]:
+            require_positive_int(name, value)
+        if eval_batch_size is not None:
+            require_positive_int("eval_batch_size", eval_batch_size)
+        if num_workers is not None and num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 or null (one per core), got {num_workers}")
+        if crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+        self.data_dir = Path(data_dir)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.val_per_class = val_per_class
+        self.split_seed = split_seed
+        self.download = download
+        self.train_tf = train_transform(crop_padding, flip)
+        self.eval_tf = eval_transform()
+        self.classes: tuple[str, ...] = ()
+        self.train_set: ImageDataset | None = None
+        self.val_set: ImageDataset | None = None
+        self.test_set: ImageDataset | None = None
+
+    def prepare_data(self) -> None:
+        prepare_cifar100(self.data_dir, self.download)
+
+    def load_arrays(self) -> ImageArrays:
+        return load_cifar100(self.data_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        arrays = self.load_arrays()
+        train_idx, val_idx = stratified_split(arrays.train_labels, self.val_per_class, self.split_seed)
+        self.classes = arrays.classes
+        self.train_set = ImageDataset(arrays.train_images[train_idx], arrays.train_labels[train_idx], self.train_tf)
+        self.val_set = ImageDataset(arrays.train_images[val_idx], arrays.train_labels[val_idx], self.eval_tf)
+        self.test_set = ImageDataset(arrays.test_images, arrays.test_labels, self.eval_tf)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+    def _loader(self, dataset: ImageDataset | None, batch_size: int, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )

@@ -1,0 +1,179 @@
+"""Find, verify and read CIFAR-100 on disk, downloading it through torchvision only when nothing is there.
+
+Sources, in the order they are looked for under `data_dir`:
+1. the array export: `train.npz`, `test.npz`, `meta.json` (checked against `SHA256SUMS` when present);
+2. the official `cifar-100-python/` folder (checked against torchvision's md5s);
+3. the official `cifar-100-python.tar.gz` archive (md5-checked, then extracted next to it);
+4. a download by torchvision (md5-checked), when `download=True`.
+A corrupt file raises `CorruptDatasetError` naming it; nothing is ever deleted or overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import urllib.error
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from torchvision.datasets import CIFAR100
+from torchvision.datasets.utils import check_integrity, extract_archive
+
+from wrncifar.data.arrays import ImageArrays
+
+ARRAY_FILES = ("train.npz", "test.npz", "meta.json")
+NUM_CLASSES = 100
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No copy of the dataset was found and none could be downloaded."""
+
+
+class CorruptDatasetError(RuntimeError):
+    """A dataset file exists but fails its checksum or cannot be read."""
+
+
+def official_folder(data_dir: Path) -> Path:
+    return data_dir / CIFAR100.base_folder
+
+
+def official_archive(data_dir: Path) -> Path:
+    return data_dir / CIFAR100.filename
+
+
+def has_array_export(data_dir: Path) -> bool:
+    return all((data_dir / name).is_file() for name in ARRAY_FILES)
+
+
+def prepare_cifar100(data_dir: str | Path, download: bool) -> str:
+    """Make sure a verified copy exists under `data_dir`; return which source will be read."""
+    data_dir = Path(data_dir)
+    if has_array_export(data_dir):
+        _verify_array_export(data_dir)
+        return "arrays"
+    if official_folder(data_dir).is_dir():
+        _verify_official_folder(data_dir)
+        return "official"
+    if official_archive(data_dir).is_file():
+        archive = official_archive(data_dir)
+        if not check_integrity(str(archive), CIFAR100.tgz_md5):
+            raise CorruptDatasetError(
+                f"{archive} fails its md5 check (expected {CIFAR100.tgz_md5}): the archive is truncated or corrupt. "
+                "Replace it with a fresh copy of cifar-100-python.tar.gz; it was left untouched."
+            )
+        extract_archive(str(archive), str(data_dir))
+        _verify_official_folder(data_dir)
+        return "official"
+    if download:
+        try:
+            CIFAR100(str(data_dir), train=True, download=True)
+        except (urllib.error.URLError, OSError) as err:
+            raise DatasetNotFoundError(_missing_message(data_dir, f"and the download failed ({err})")) from err
+        _verify_official_folder(data_dir)
+        return "official"
+    raise DatasetNotFoundError(_missing_message(data_dir, "and download is off (data.download=false)"))
+
+
+def load_cifar100(data_dir: str | Path) -> ImageArrays:
+    """Read the copy `prepare_cifar100` verified (without re-hashing it)."""
+    data_dir = Path(data_dir)
+    if has_array_export(data_dir):
+        return _read_array_export(data_dir)
+    if official_folder(data_dir).is_dir():
+        return _read_official_folder(data_dir)
+    raise DatasetNotFoundError(_missing_message(data_dir, "(prepare_data was not run?)"))
+
+
+def _missing_message(data_dir: Path, why: str) -> str:
+    return (
+        f"CIFAR-100 not found in {data_dir.resolve()} {why}. Looked for: the array export "
+        f"({', '.join(ARRAY_FILES)}), the official folder {CIFAR100.base_folder}/ and the archive {CIFAR100.filename}. "
+        f"Place one of them there, point data.data_dir at a folder that has one, or run offline with data=synthetic."
+    )
+
+
+def _verify_official_folder(data_dir: Path) -> None:
+    folder = official_folder(data_dir)
+    expected = [*CIFAR100.train_list, *CIFAR100.test_list, [CIFAR100.meta["filename"], CIFAR100.meta["md5"]]]
+    for name, md5 in expected:
+        path = folder / name
+        if not path.is_file():
+            raise CorruptDatasetError(
+                f"{path} is missing from the CIFAR-100 folder {folder}; restore it or remove the folder."
+            )
+        if not check_integrity(str(path), md5):
+            raise CorruptDatasetError(
+                f"{path} fails its md5 check (expected {md5}): the file is truncated or corrupt. "
+                "Replace the folder with a fresh copy; nothing was deleted."
+            )
+
+
+def _read_official_folder(data_dir: Path) -> ImageArrays:
+    # torchvision's own reader; it re-checks the md5s and raises if they fail.
+    train = CIFAR100(str(data_dir), train=True, download=False)
+    test = CIFAR100(str(data_dir), train=False, download=False)
+    return ImageArrays(
+        train_images=train.data,
+        train_labels=np.asarray(train.targets, dtype=np.int64),
+        test_images=test.data,
+        test_labels=np.asarray(test.targets, dtype=np.int64),
+        classes=tuple(train.classes),
+    )
+
+
+def _verify_array_export(data_dir: Path) -> None:
+    sums = data_dir / "SHA256SUMS"
+    if not sums.is_file():
+        return
+    for line in sums.read_text().splitlines():
+        if not line.strip():
+            continue
+        digest, name = line.split(maxsplit=1)
+        path = data_dir / name.strip().lstrip("*")
+        if path.name not in ARRAY_FILES:
+            continue
+        actual = _sha256(path)
+        if actual != digest:
+            raise CorruptDatasetError(
+                f"{path} fails its SHA-256 check against {sums} (expected {digest}, got {actual}): "
+                "the file is truncated or corrupt. Replace it with a fresh copy; nothing was deleted."
+            )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_array_export(data_dir: Path) -> ImageArrays:
+    try:
+        meta = json.loads((data_dir / "meta.json").read_text())
+        classes = tuple(meta["fine_label_names"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CorruptDatasetError(f"{data_dir / 'meta.json'} cannot be read as CIFAR-100 metadata: {err}") from err
+    train_images, train_labels = _read_npz(data_dir / "train.npz")
+    test_images, test_labels = _read_npz(data_dir / "test.npz")
+    return ImageArrays(train_images, train_labels, test_images, test_labels, classes)
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path) as npz:
+            images, labels = npz["data"], npz["fine_labels"].astype(np.int64)
+    except (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError, pickle.UnpicklingError) as err:
+        raise CorruptDatasetError(
+            f"{path} cannot be read as a CIFAR-100 array file (truncated or corrupt?): {err}"
+        ) from err
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3) or len(images) != len(labels):
+        raise CorruptDatasetError(
+            f"{path} holds data {images.dtype}{list(images.shape)} and {len(labels)} labels; "
+            "expected uint8 [N, 32, 32, 3] with N labels"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise CorruptDatasetError(f"{path} has fine labels outside 0–{NUM_CLASSES - 1}")
+    return images, labels

@@ -1,0 +1,130 @@
+"""The LightningModule: any image-classification network, cross-entropy, SGD, per-step LR schedule, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from wrncifar.models.optimization import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
+
+
+class ImageClassifier(LightningModule):
+    """Trains `net` with label-smoothed cross-entropy and logs loss, top-1 and top-5 accuracy.
+
+    Logged: `train/loss`, `train/acc`, `val/loss`, `val/acc`, `val/acc_top5`, `val/acc_best`, `test/loss`,
+    `test/acc`, `test/acc_top5`. Hyperparameters saved in checkpoints are primitives only (the network's
+    weights are in the state_dict, its architecture in the run's config), so checkpoints load with
+    `weights_only=True`.
+
+    Args:
+        net: the network; maps a batch of images to logits.
+        optimizer: keyword arguments of `OptimizerSettings` (lr, momentum, nesterov, weight_decay, …).
+        scheduler: keyword arguments of `ScheduleSettings` (name, warmup_epochs, …).
+        label_smoothing: cross-entropy label smoothing in [0, 1).
+        num_classes: classes of the metrics; defaults to `net.num_classes`.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerSettings | Mapping[str, Any] | None = None,
+        scheduler: ScheduleSettings | Mapping[str, Any] | None = None,
+        label_smoothing: float = 0.0,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.optimizer_settings = _settings(OptimizerSettings, optimizer)
+        self.schedule_settings = _settings(ScheduleSettings, scheduler)
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        num_classes = num_classes or getattr(net, "num_classes", None)
+        if not num_classes:
+            raise ValueError("num_classes is needed when the network has no num_classes attribute")
+        self.save_hyperparameters(
+            {
+                "optimizer": asdict(self.optimizer_settings),
+                "scheduler": asdict(self.schedule_settings),
+                "label_smoothing": label_smoothing,
+                "num_classes": num_classes,
+            }
+        )
+        self.net = net
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+        top5 = min(5, num_classes)
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self.test_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def on_train_start(self) -> None:
+        # The sanity-check validation run must not count as the best epoch.
+        self.val_acc_best.reset()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = self.criterion(logits, labels)
+        self.train_loss(loss)
+        self.train_acc(logits, labels)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_loss, self.val_acc, self.val_acc_top5)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_loss, self.test_acc, self.test_acc_top5)
+
+    def _evaluate(
+        self,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        split: str,
+        loss_metric: MeanMetric,
+        acc: MulticlassAccuracy,
+        acc_top5: MulticlassAccuracy,
+    ) -> None:
+        images, labels = batch
+        logits = self(images)
+        loss_metric(self.criterion(logits, labels), weight=len(labels))
+        acc(logits, labels)
+        acc_top5(logits, labels)
+        self.log(f"{split}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{split}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{split}/acc_top5", acc_top5, on_step=False, on_epoch=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = build_optimizer(self, self.optimizer_settings)
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        epochs = self.trainer.max_epochs
+        steps_per_epoch = total_steps / epochs if epochs and epochs > 0 else float(total_steps)
+        scheduler = build_scheduler(optimizer, self.schedule_settings, total_steps, steps_per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _settings(cls: type, value: object) -> Any:
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        return cls(**value)
+    raise TypeError(f"expected {cls.__name__} or a mapping of its fields, got {type(value).__name__}")

@@ -1,0 +1,112 @@
+"""Optimizer and learning-rate schedule settings, and the objects they build."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """SGD with momentum, the WRN paper's optimizer.
+
+    `decay_norm_and_bias=False` exempts BatchNorm weights and all biases from weight decay: they set scales
+    and offsets, not capacity, and decaying them mostly fights BatchNorm.
+    """
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"optimizer.momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("optimizer.nesterov needs momentum > 0")
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """Learning-rate schedule, stepped every optimizer step.
+
+    `cosine`: linear warmup over `warmup_epochs`, then cosine decay to `min_lr_ratio`·lr at the last step.
+    `multistep`: linear warmup, then ×`gamma` at each epoch in `milestones` (the WRN paper: ×0.2 at 60/120/160).
+    `constant`: linear warmup, then constant.
+    """
+
+    name: Literal["cosine", "multistep", "constant"] = "cosine"
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    milestones: tuple[int, ...] = field(default=(60, 120, 160))
+    gamma: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.name not in ("cosine", "multistep", "constant"):
+            raise ValueError(f"scheduler.name must be cosine, multistep or constant, got {self.name!r}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"scheduler.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"scheduler.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        object.__setattr__(self, "milestones", tuple(self.milestones))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """Split parameters so that, when asked, biases and normalisation weights get no weight decay."""
+    if decay_norm_and_bias:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decay, no_decay = [], []
+    for module in model.modules():
+        is_norm = isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm)
+        for name, param in module.named_parameters(recurse=False):
+            if param.requires_grad:
+                (no_decay if is_norm or name == "bias" else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, settings: OptimizerSettings) -> torch.optim.SGD:
+    groups = parameter_groups(model, settings.weight_decay, settings.decay_norm_and_bias)
+    return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, nesterov=settings.nesterov)
+
+
+class LRFactor:
+    """The multiplier of the base learning rate at a given optimizer step (a LambdaLR lambda).
+
+    A plain object with primitive attributes, so LambdaLR saves it in checkpoints and a resumed run
+    continues the same curve.
+    """
+
+    def __init__(self, settings: ScheduleSettings, total_steps: int, steps_per_epoch: float) -> None:
+        self.name = settings.name
+        self.total_steps = max(1, total_steps)
+        self.warmup_steps = round(settings.warmup_epochs * steps_per_epoch)
+        self.min_lr_ratio = settings.min_lr_ratio
+        self.milestone_steps = [round(m * steps_per_epoch) for m in settings.milestones]
+        self.gamma = settings.gamma
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.name == "multistep":
+            return self.gamma ** sum(step >= m for m in self.milestone_steps)
+        if self.name == "constant":
+            return 1.0
+        decay_steps = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, settings: ScheduleSettings, total_steps: int, steps_per_epoch: float
+) -> LambdaLR:
+    return LambdaLR(optimizer, LRFactor(settings, total_steps, steps_per_epoch))

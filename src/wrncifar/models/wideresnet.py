@@ -1,0 +1,136 @@
+"""The WideResNet of the seed design, made configurable without breaking its state_dict.
+
+Module names and nesting are the seed's (`input_block`, `block1`…`block6`, `pool1`, `pool2`, `pool`,
+`flat`, `fc`; `cbrblock.cbr`; `conv_block.layer1/dropout/layer2/scale`), so a state_dict saved from the
+seed's code loads with `strict=True`. Blocks are numbered consecutively across stages; with more than two
+blocks per stage the names simply continue (`block7`, …).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from wrncifar.argument_checks import require_positive_int
+
+Pooling = Literal["adaptive", "seed"]
+
+# Seed channels: 3 → 16 (stem) → 160 → 320 → 640, i.e. WRN-16-10's widths with the seed's stem.
+SEED_WIDTHS = (16, 160, 320, 640)
+
+
+class cbrblock(nn.Module):  # noqa: N801 - the seed's name; state_dict keys depend on the attributes only
+    """3×3 convolution ('same' padding, no bias) → BatchNorm → ReLU."""
+
+    def __init__(self, input_channels: int, output_channels: int) -> None:
+        super().__init__()
+        self.cbr = nn.Sequential(
+            nn.Conv2d(input_channels, output_channels, kernel_size=3, stride=(1, 1), padding="same", bias=False),
+            nn.BatchNorm2d(output_channels),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cbr(x)
+
+
+class conv_block(nn.Module):  # noqa: N801 - the seed's name
+    """Two cbrblocks with dropout between them, plus the (optionally 1×1-projected) input."""
+
+    def __init__(self, input_channels: int, output_channels: int, scale_input: bool, dropout: float = 0.01) -> None:
+        super().__init__()
+        self.scale_input = scale_input
+        if self.scale_input:
+            # The seed's projection keeps its bias; keeping it keeps the state_dict loadable.
+            self.scale = nn.Conv2d(input_channels, output_channels, kernel_size=1, stride=(1, 1), padding="same")
+        self.layer1 = cbrblock(input_channels, output_channels)
+        self.dropout = nn.Dropout(p=dropout)
+        self.layer2 = cbrblock(output_channels, output_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = self.scale(x) if self.scale_input else x
+        out = self.layer2(self.dropout(self.layer1(x)))
+        return out + residual
+
+
+class WideResNet(nn.Module):
+    """The seed WideResNet: a stem, three stages of residual blocks with max-pooling between, global pooling, fc.
+
+    Args:
+        num_classes: outputs of the final linear layer.
+        in_channels: channels of the input image.
+        widths: stem width followed by the width of each of the three stages.
+        blocks_per_stage: residual blocks per stage (the seed uses 2).
+        dropout: dropout probability between the two convolutions of each block (the seed uses 0.01).
+        pooling: `adaptive` averages the whole final feature map, whatever the input size. `seed` is the seed's
+            `AvgPool2d(7)`: on 32×32 inputs the final map is 8×8 and it averages only the top-left 7×7 of it
+            (the last row and column are dropped); it needs a final map of at least 7×7 (inputs ≥ 28×28).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 100,
+        in_channels: int = 3,
+        widths: Sequence[int] = SEED_WIDTHS,
+        blocks_per_stage: int = 2,
+        dropout: float = 0.01,
+        pooling: Pooling = "adaptive",
+    ) -> None:
+        super().__init__()
+        widths = tuple(widths)
+        _check_arguments(num_classes, in_channels, widths, blocks_per_stage, dropout, pooling)
+        self.num_classes = num_classes
+
+        self.input_block = cbrblock(in_channels, widths[0])
+        index = 0
+        for stage, (stage_in, stage_out) in enumerate(itertools.pairwise(widths), start=1):
+            for block in range(blocks_per_stage):
+                index += 1
+                first = block == 0
+                setattr(
+                    self,
+                    f"block{index}",
+                    conv_block(stage_in if first else stage_out, stage_out, scale_input=first, dropout=dropout),
+                )
+            if stage < len(widths) - 1:
+                setattr(self, f"pool{stage}", nn.MaxPool2d(2))
+        self.pool = nn.AvgPool2d(7) if pooling == "seed" else nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Registration order is the seed's execution order: stem, blocks with pools between stages, head.
+        for module in self.children():
+            x = module(x)
+        return x
+
+
+def _check_arguments(
+    num_classes: int,
+    in_channels: int,
+    widths: tuple[int, ...],
+    blocks_per_stage: int,
+    dropout: float,
+    pooling: str,
+) -> None:
+    if len(widths) != len(SEED_WIDTHS):
+        raise ValueError(
+            f"widths must list {len(SEED_WIDTHS)} channel counts (stem, stage 1, stage 2, stage 3), "
+            f"e.g. {list(SEED_WIDTHS)}; got {list(widths)} ({len(widths)} values)"
+        )
+    for name, value in [
+        ("num_classes", num_classes),
+        ("in_channels", in_channels),
+        ("blocks_per_stage", blocks_per_stage),
+    ]:
+        require_positive_int(name, value)
+    if any(isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in widths):
+        raise ValueError(f"widths must all be positive integers, got {list(widths)}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if pooling not in ("adaptive", "seed"):
+        raise ValueError(f"pooling must be 'adaptive' or 'seed', got {pooling!r}")
