@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from wrncifar.entry import run
+from wrncifar.entry import null_group_overrides, run
 from wrncifar.evaluation import evaluate
 
 # `paths.root_dir` resolves to the checkout holding this file, wherever the command is run from.
@@ -21,4 +22,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = null_group_overrides(sys.argv[1:])
     main()

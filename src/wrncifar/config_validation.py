@@ -68,7 +68,28 @@ def _check_target(node: Mapping[str, Any], path: str, problems: list[str]) -> No
             continue
         if isinstance(value, Mapping) and "_target_" in value:
             continue
+        settings = _settings_class(hints[key])
+        if settings is not None and isinstance(value, Mapping):
+            _check_settings(value, settings, f"{path}.{key}", problems)
+            continue
         error = _type_error(value, hints[key])
+        if error:
+            problems.append(f"{path}.{key}: {error}")
+
+
+def _settings_class(hint: Any) -> type | None:
+    """The dataclass a mapping-valued argument is read into (`OptimizerSettings | Mapping`), if any."""
+    candidates = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return next((c for c in candidates if dataclasses.is_dataclass(c)), None)
+
+
+def _check_settings(value: Mapping[str, Any], cls: type, path: str, problems: list[str]) -> None:
+    hints = typing.get_type_hints(cls)
+    for key, item in value.items():
+        if key not in hints:
+            problems.append(f"{path}.{key}: not a field of {cls.__name__} (known: {', '.join(hints)})")
+            continue
+        error = _type_error(item, hints[key])
         if error:
             problems.append(f"{path}.{key}: {error}")
 
@@ -106,9 +127,6 @@ def _type_error(value: Any, hint: Any) -> str | None:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        settings = [a for a in args if dataclasses.is_dataclass(a)]
-        if settings and isinstance(value, Mapping):
-            return _dataclass_error(value, settings[0])
         errors = [_type_error(value, arg) for arg in args]
         return None if any(e is None for e in errors) else f"expected {_describe(hint)}, got {value!r}"
     if origin is typing.Literal:
@@ -124,25 +142,12 @@ def _type_error(value: Any, hint: Any) -> str | None:
         return None if ok else f"expected a number, got {value!r}"
     if hint is str or hint is Path:
         return None if isinstance(value, str) else f"expected a string, got {value!r}"
-    if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
-        return _dataclass_error(value, hint)
     if origin in (list, tuple, Sequence) or hint in (list, tuple):
         if not isinstance(value, list | tuple):
             return f"expected a list, got {value!r}"
         element = args[0] if args and (origin is not tuple or (len(args) == 2 and args[1] is Ellipsis)) else _UNCHECKED
         errors = [_type_error(v, element) for v in value]
         return next((f"element {i}: {e}" for i, e in enumerate(errors) if e), None)
-    return None
-
-
-def _dataclass_error(value: Mapping[str, Any], cls: type) -> str | None:
-    hints = typing.get_type_hints(cls)
-    for key, item in value.items():
-        if key not in hints:
-            return f"{key!r} is not a field of {cls.__name__} (known: {', '.join(hints)})"
-        error = _type_error(item, hints[key])
-        if error:
-            return f"{key}: {error}"
     return None
 
 

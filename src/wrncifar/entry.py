@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from wrncifar.config_validation import ConfigError
@@ -18,7 +19,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Mistakes in the user's input: their message says what to fix, so a traceback would only hide it.
-USER_ERRORS = (ConfigError, DatasetNotFoundError, CorruptDatasetError)
+# Hydra's InstantiationException carries the constructor's own ValueError and the config key.
+USER_ERRORS = (ConfigError, DatasetNotFoundError, CorruptDatasetError, InstantiationException)
+
+
+# Groups with a default option that a user may switch off. Hydra rejects `group=null` once the group has a
+# default (`~group` is its spelling), but `logger=null` is what lightning-hydra-template users type.
+SWITCHABLE_GROUPS = ("logger", "callbacks")
+
+
+def null_group_overrides(args: list[str]) -> list[str]:
+    """Rewrite `logger=null` / `callbacks=null` into Hydra's deletion syntax `~logger` / `~callbacks`."""
+    return [f"~{arg.split('=')[0]}" if arg in {f"{g}=null" for g in SWITCHABLE_GROUPS} else arg for arg in args]
 
 
 def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:

@@ -1,0 +1,110 @@
+"""Shared fixtures: config composition, a CIFAR-100-format folder built on the fly, subprocess entry points."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+from torchvision.datasets import CIFAR100
+
+from wrncifar.entry import null_group_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+SHARED_CIFAR100 = ROOT.parent / "shared" / "data" / "cifar100"
+
+# Small but complete: every class present, a few images each.
+FAKE_CLASSES = 100
+FAKE_TRAIN_PER_CLASS = 8
+FAKE_TEST_PER_CLASS = 2
+
+
+def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose a config as the entry points would, with outputs under `output_dir` and no `hydra` node."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=null_group_overrides(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir)
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
+    def make(overrides: list[str] | None = None, config_name: str = "train.yaml") -> DictConfig:
+        return compose_config(config_name, overrides or [], tmp_path)
+
+    return make
+
+
+def run_entry(script: str, args: list[str], cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python src/<script> …` as a user would, offline, and capture its output."""
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "src" / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def fake_images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+
+
+def write_cifar_folder(root: Path) -> dict[str, np.ndarray]:
+    """Write `root/cifar-100-python/{train,test,meta}` in the official pickle format; return the raw arrays."""
+    folder = root / CIFAR100.base_folder
+    folder.mkdir(parents=True)
+    arrays = {}
+    for split, per_class, seed in [("train", FAKE_TRAIN_PER_CLASS, 1), ("test", FAKE_TEST_PER_CLASS, 2)]:
+        labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(FAKE_CLASSES), per_class))
+        images = fake_images(len(labels), seed)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+        entry = {
+            "data": images.transpose(0, 3, 1, 2).reshape(len(labels), -1),  # official layout: rows of CHW
+            "fine_labels": labels.tolist(),
+            "coarse_labels": (labels // 5).tolist(),
+        }
+        with (folder / split).open("wb") as f:
+            pickle.dump(entry, f)
+    names = [f"fake_class_{i:02d}" for i in range(FAKE_CLASSES)]
+    with (folder / "meta").open("wb") as f:
+        pickle.dump({"fine_label_names": names, "coarse_label_names": [f"super_{i}" for i in range(20)]}, f)
+    return arrays
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def cifar_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, np.ndarray]]:
+    """A CIFAR-100-format folder whose md5s torchvision expects: only the expected checksums are swapped,
+    every reading and checking path is the real one."""
+    data_dir = tmp_path / "data"
+    arrays = write_cifar_folder(data_dir)
+    folder = data_dir / CIFAR100.base_folder
+    monkeypatch.setattr(CIFAR100, "train_list", [["train", md5(folder / "train")]])
+    monkeypatch.setattr(CIFAR100, "test_list", [["test", md5(folder / "test")]])
+    monkeypatch.setattr(CIFAR100, "meta", {**CIFAR100.meta, "md5": md5(folder / "meta")})
+    return data_dir, arrays

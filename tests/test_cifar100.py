@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.datasets import CIFAR100
+
+from tests.conftest import FAKE_CLASSES, FAKE_TEST_PER_CLASS, FAKE_TRAIN_PER_CLASS, SHARED_CIFAR100, fake_images
+from wrncifar.data.cifar100 import CIFAR100DataModule
+from wrncifar.data.cifar100_sources import CorruptDatasetError, DatasetNotFoundError
+from wrncifar.data.transforms import CIFAR100_MEAN, CIFAR100_STD
+
+VAL_PER_CLASS = 2
+
+
+def datamodule(data_dir: Path, **kwargs) -> CIFAR100DataModule:
+    settings = {"num_workers": 0, "val_per_class": VAL_PER_CLASS, "download": False, **kwargs}
+    dm = CIFAR100DataModule(str(data_dir), **settings)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def unnormalise(image: torch.Tensor) -> np.ndarray:
+    mean, std = torch.tensor(CIFAR100_MEAN)[:, None, None], torch.tensor(CIFAR100_STD)[:, None, None]
+    return (image * std + mean).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def test_official_folder_gives_stratified_split_and_official_test_set(cifar_folder) -> None:
+    data_dir, arrays = cifar_folder
+    dm = datamodule(data_dir)
+    assert len(dm.val_set) == FAKE_CLASSES * VAL_PER_CLASS
+    assert len(dm.train_set) == FAKE_CLASSES * (FAKE_TRAIN_PER_CLASS - VAL_PER_CLASS)
+    assert len(dm.test_set) == FAKE_CLASSES * FAKE_TEST_PER_CLASS
+    assert np.bincount(dm.val_set.labels.numpy(), minlength=FAKE_CLASSES).tolist() == [VAL_PER_CLASS] * FAKE_CLASSES
+    assert dm.classes[:2] == ("fake_class_00", "fake_class_01")
+    # Train and val together are exactly the official training images, with no overlap.
+    train_and_val = torch.cat([dm.train_set.images, dm.val_set.images]).flatten(1)
+    official = torch.from_numpy(arrays["train_images"].transpose(0, 3, 1, 2).copy()).flatten(1)
+    assert sorted(map(bytes, train_and_val.numpy())) == sorted(map(bytes, official.numpy()))
+    assert torch.equal(dm.test_set.images, torch.from_numpy(arrays["test_images"].transpose(0, 3, 1, 2).copy()))
+
+
+def test_split_is_the_same_for_the_same_seed_and_differs_for_another(cifar_folder) -> None:
+    data_dir, _ = cifar_folder
+    first, again, other = datamodule(data_dir), datamodule(data_dir), datamodule(data_dir, split_seed=1)
+    assert torch.equal(first.val_set.images, again.val_set.images)
+    assert torch.equal(first.train_set.labels, again.train_set.labels)
+    assert not torch.equal(first.val_set.images, other.val_set.images)
+
+
+def test_evaluation_images_are_normalised_with_the_cifar100_statistics(cifar_folder) -> None:
+    data_dir, _ = cifar_folder
+    dm = datamodule(data_dir)
+    image, label = dm.val_set[0]
+    raw = dm.val_set.images[0].float() / 255
+    expected = (raw - torch.tensor(CIFAR100_MEAN)[:, None, None]) / torch.tensor(CIFAR100_STD)[:, None, None]
+    assert image.dtype == torch.float32 and image.shape == (3, 32, 32)
+    torch.testing.assert_close(image, expected)
+    assert label == dm.val_set.labels[0]
+    torch.testing.assert_close(dm.test_set[0][0], dm.test_set[0][0])  # no randomness at evaluation
+
+
+def test_training_images_are_padded_crops_and_flips_of_the_original(cifar_folder) -> None:
+    data_dir, _ = cifar_folder
+    dm = datamodule(data_dir)
+    raw = dm.train_set.images[0].numpy().transpose(1, 2, 0)
+    padded = np.pad(raw, ((4, 4), (4, 4), (0, 0)))
+    candidates = {
+        bytes(np.ascontiguousarray(view[dy : dy + 32, dx : dx + 32]))
+        for view in (padded, padded[:, ::-1])
+        for dy in range(9)
+        for dx in range(9)
+    }
+    torch.manual_seed(0)
+    samples = [unnormalise(dm.train_set[0][0]) for _ in range(20)]
+    assert all(bytes(s) in candidates for s in samples)
+    assert len({bytes(s) for s in samples}) > 1, "the training transform should be random"
+
+
+def test_loaders_batch_as_configured(cifar_folder) -> None:
+    data_dir, _ = cifar_folder
+    dm = datamodule(data_dir, batch_size=16, eval_batch_size=50)
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (16, 3, 32, 32) and labels.dtype == torch.int64
+    assert next(iter(dm.val_dataloader()))[0].shape[0] == 50
+    assert sum(len(y) for _, y in dm.test_dataloader()) == FAKE_CLASSES * FAKE_TEST_PER_CLASS
+
+
+def test_present_folder_is_never_downloaded_again(cifar_folder, monkeypatch) -> None:
+    data_dir, _ = cifar_folder
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("download attempted although the dataset is present")
+
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", no_download)
+    assert len(datamodule(data_dir, download=True).test_set) == FAKE_CLASSES * FAKE_TEST_PER_CLASS
+
+
+def test_official_archive_is_checked_and_extracted(cifar_folder, tmp_path, monkeypatch) -> None:
+    data_dir, _ = cifar_folder
+    archive_dir = tmp_path / "archive_only"
+    archive_dir.mkdir()
+    archive = archive_dir / CIFAR100.filename
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(data_dir / CIFAR100.base_folder, arcname=CIFAR100.base_folder)
+    monkeypatch.setattr(CIFAR100, "tgz_md5", hashlib.md5(archive.read_bytes()).hexdigest())
+
+    dm = datamodule(archive_dir)
+    assert len(dm.test_set) == FAKE_CLASSES * FAKE_TEST_PER_CLASS
+    assert (archive_dir / CIFAR100.base_folder / "train").is_file()
+
+
+def test_truncated_archive_is_named_and_kept(tmp_path) -> None:
+    archive = tmp_path / CIFAR100.filename
+    archive.write_bytes(b"\x1f\x8b truncated")
+    with pytest.raises(CorruptDatasetError, match=str(archive)) as err:
+        datamodule(tmp_path)
+    assert "md5" in str(err.value)
+    assert archive.read_bytes() == b"\x1f\x8b truncated"
+
+
+def test_corrupted_file_in_official_folder_is_named_and_kept(cifar_folder) -> None:
+    data_dir, _ = cifar_folder
+    train_file = data_dir / CIFAR100.base_folder / "train"
+    corrupted = bytearray(train_file.read_bytes())
+    corrupted[1000] ^= 0xFF
+    train_file.write_bytes(bytes(corrupted))
+    with pytest.raises(CorruptDatasetError, match=f"{train_file} fails its md5 check"):
+        datamodule(data_dir)
+    assert train_file.read_bytes() == bytes(corrupted)
+
+
+def test_missing_data_without_download_says_where_it_looked_and_what_to_do(tmp_path) -> None:
+    with pytest.raises(DatasetNotFoundError) as err:
+        datamodule(tmp_path / "empty", download=False)
+    message = str(err.value)
+    for expected in [str((tmp_path / "empty").resolve()), "train.npz", "cifar-100-python", "data=synthetic"]:
+        assert expected in message
+
+
+def test_missing_data_with_no_network_fails_with_the_same_guidance(tmp_path, monkeypatch) -> None:
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
+    with pytest.raises(DatasetNotFoundError, match="download failed.*data=synthetic"):
+        datamodule(tmp_path, download=True)
+
+
+def write_array_export(folder: Path, checksums: bool = True) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, per_class, seed in [("train", FAKE_TRAIN_PER_CLASS, 3), ("test", FAKE_TEST_PER_CLASS, 4)]:
+        labels = np.repeat(np.arange(FAKE_CLASSES), per_class).astype(np.uint8)
+        np.savez(
+            folder / f"{name}.npz", data=fake_images(len(labels), seed), fine_labels=labels, coarse_labels=labels // 5
+        )
+    meta = {"fine_label_names": [f"c{i}" for i in range(FAKE_CLASSES)], "coarse_label_names": []}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    if checksums:
+        lines = [
+            f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}"
+            for n in ("train.npz", "test.npz", "meta.json")
+        ]
+        (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+def test_array_export_loads_with_checksums(tmp_path) -> None:
+    write_array_export(tmp_path)
+    dm = datamodule(tmp_path)
+    assert len(dm.train_set) + len(dm.val_set) == FAKE_CLASSES * FAKE_TRAIN_PER_CLASS
+    assert len(dm.test_set) == FAKE_CLASSES * FAKE_TEST_PER_CLASS
+    assert dm.classes[-1] == "c99"
+
+
+def test_array_export_checksum_mismatch_names_the_file(tmp_path) -> None:
+    write_array_export(tmp_path)
+    with (tmp_path / "test.npz").open("ab") as f:
+        f.write(b"junk")
+    with pytest.raises(CorruptDatasetError, match=f"{tmp_path / 'test.npz'} fails its SHA-256 check"):
+        datamodule(tmp_path)
+    assert (tmp_path / "test.npz").is_file()
+
+
+def test_truncated_array_file_without_checksums_names_the_file(tmp_path) -> None:
+    write_array_export(tmp_path, checksums=False)
+    train = tmp_path / "train.npz"
+    train.write_bytes(train.read_bytes()[: train.stat().st_size // 2])
+    with pytest.raises(CorruptDatasetError, match=f"{train} cannot be read"):
+        datamodule(tmp_path)
+
+
+@pytest.mark.skipif(not SHARED_CIFAR100.is_dir(), reason=f"real CIFAR-100 arrays not staged at {SHARED_CIFAR100}")
+def test_real_cifar100_arrays_split_45000_5000_10000_balanced() -> None:
+    dm = datamodule(SHARED_CIFAR100, val_per_class=50)
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (45_000, 5_000, 10_000)
+    assert np.bincount(dm.train_set.labels.numpy()).tolist() == [450] * 100
+    assert np.bincount(dm.val_set.labels.numpy()).tolist() == [50] * 100
+    assert np.bincount(dm.test_set.labels.numpy()).tolist() == [100] * 100
+    assert dm.classes[:2] == ("apple", "aquarium_fish") and len(dm.classes) == 100
+    # The normalisation constants are this training set's statistics.
+    pixels = torch.cat([dm.train_set.images, dm.val_set.images]).float().div(255)
+    torch.testing.assert_close(pixels.mean(dim=(0, 2, 3)), torch.tensor(CIFAR100_MEAN), atol=1e-4, rtol=0)
+    torch.testing.assert_close(pixels.std(dim=(0, 2, 3)), torch.tensor(CIFAR100_STD), atol=1e-4, rtol=0)

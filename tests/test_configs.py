@@ -1,0 +1,171 @@
+"""Every config option composes, passes validation and instantiates; bad overrides fail before any data is read."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+
+from tests.conftest import CONFIGS, run_entry
+from wrncifar.config_validation import ConfigError, validate_config
+from wrncifar.instantiation import instantiate_group
+
+# Trainer options made for GPUs are instantiated on the CPU here; everything else in them is kept.
+ON_CPU = ["trainer.accelerator=cpu", "trainer.devices=1"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def test_every_group_has_the_documented_options() -> None:
+    assert {"cifar100", "synthetic"} <= set(options("data"))
+    assert {"wrn", "wrn_tiny"} <= set(options("model"))
+    assert {"default", "cpu", "gpu", "ddp", "ddp_cpu"} <= set(options("trainer"))
+    assert {"csv", "tensorboard", "wandb", "many_loggers"} <= set(options("logger"))
+    assert {"default", "none"} <= set(options("callbacks"))
+    assert {"fdr", "limit", "overfit", "profiler"} <= set(options("debug"))
+    assert "wrn_cifar100" in options("experiment")
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data_options_instantiate_without_touching_data(make_config, option: str, tmp_path: Path) -> None:
+    cfg = make_config([f"data={option}", f"paths.data_dir={tmp_path / 'nowhere'}"])
+    validate_config(cfg)
+    assert isinstance(instantiate(cfg.data), LightningDataModule)
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_model_options_instantiate(make_config, option: str) -> None:
+    cfg = make_config([f"model={option}"])
+    validate_config(cfg)
+    model = instantiate(cfg.model)
+    assert isinstance(model, LightningModule)
+    assert model.hparams.num_classes == 100
+
+
+def test_model_config_nests_the_network_under_net(make_config) -> None:
+    model = instantiate(make_config(["model=wrn", "model.net.widths=[8,16,16,32]", "model.net.dropout=0.2"]).model)
+    assert model.net.fc.in_features == 32 and model.net.block1.dropout.p == 0.2
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_options_instantiate(make_config, option: str) -> None:
+    cfg = make_config([f"trainer={option}"])
+    validate_config(cfg)
+    overrides = ON_CPU if cfg.trainer.accelerator == "gpu" else []
+    cfg = make_config([f"trainer={option}", *overrides])
+    trainer = instantiate(cfg.trainer)
+    assert isinstance(trainer, Trainer)
+    assert trainer.max_epochs == 200
+
+
+def test_ddp_cpu_runs_two_processes_and_gpu_configs_use_bf16(make_config) -> None:
+    assert instantiate(make_config(["trainer=ddp_cpu"]).trainer).num_devices == 2
+    for option in ("gpu", "ddp"):
+        cfg = make_config([f"trainer={option}"])
+        assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+    assert make_config(["trainer=ddp"]).trainer.strategy == "ddp"
+
+
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed", "bf16-mixed"])
+def test_precision_is_overridable(make_config, precision: str) -> None:
+    cfg = make_config(["trainer=cpu", f"trainer.precision={precision}"])
+    validate_config(cfg)
+    assert cfg.trainer.precision == precision
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_logger_options_instantiate(make_config, option: str) -> None:
+    cfg = make_config([f"logger={option}"])
+    validate_config(cfg)
+    loggers = instantiate_group(cfg.logger)
+    assert len(loggers) == (3 if option == "many_loggers" else 1)
+
+
+def test_logger_and_callbacks_can_be_switched_off(make_config) -> None:
+    cfg = make_config(["logger=null", "callbacks=none"])
+    assert instantiate_group(cfg.get("logger")) == [] and instantiate_group(cfg.get("callbacks")) == []
+
+
+@pytest.mark.parametrize("option", options("callbacks"))
+def test_callback_options_instantiate(make_config, option: str) -> None:
+    cfg = make_config([f"callbacks={option}"])
+    validate_config(cfg)
+    callbacks = instantiate_group(cfg.callbacks)
+    names = {type(c).__name__ for c in callbacks}
+    if option == "default":
+        assert names == {"ModelCheckpoint", "LearningRateMonitor", "RichProgressBar", "RichModelSummary"}
+
+
+@pytest.mark.parametrize("option", options("debug"))
+def test_debug_options_instantiate(make_config, option: str) -> None:
+    cfg = make_config([f"debug={option}", "model=wrn_tiny", "data=synthetic"])
+    validate_config(cfg)
+    assert cfg.task_name == "debug"
+    assert isinstance(instantiate(cfg.trainer), Trainer)
+
+
+@pytest.mark.parametrize("option", options("experiment"))
+def test_experiment_options_compose_and_instantiate(make_config, option: str) -> None:
+    cfg = make_config([f"experiment={option}"])
+    validate_config(cfg)
+    assert isinstance(instantiate(cfg.model), LightningModule)
+    assert isinstance(instantiate(cfg.data), LightningDataModule)
+
+
+def test_paper_recipe_experiment(make_config) -> None:
+    cfg = make_config(["experiment=wrn_cifar100"])
+    assert cfg.trainer.max_epochs == 200 and cfg.data.batch_size == 128
+    assert dict(cfg.model.optimizer) | {} == {**cfg.model.optimizer, "lr": 0.1, "momentum": 0.9, "nesterov": True}
+    assert cfg.model.optimizer.weight_decay == 5e-4
+    assert (cfg.data.crop_padding, cfg.data.flip) == (4, True)
+    assert cfg.model.net.widths == [16, 160, 320, 640]
+
+
+def test_eval_config_composes(make_config, tmp_path: Path) -> None:
+    cfg = make_config([f"ckpt_path={tmp_path / 'x.ckpt'}"], config_name="eval.yaml")
+    validate_config(cfg)
+    assert cfg.task_name == "eval"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=abc", "data.batch_size: expected an integer, got 'abc'"),
+        ("model.optimizer.lr=fast", "model.optimizer.lr: expected a number"),
+        ("trainer.max_epochs=ten", "trainer.max_epochs"),
+        ("+data.colour=blue", "data.colour: not an argument of"),
+        ("+model.scheduler.shape=linear", "model.scheduler.shape: not a field of ScheduleSettings"),
+        ("model.scheduler.name=linear", "model.scheduler.name: expected one of ['cosine', 'multistep', 'constant']"),
+    ],
+)
+def test_validation_names_the_mistyped_key(make_config, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(make_config([override]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batchsize=64", "Key 'batchsize' is not in struct"),
+        ("model=wrn_tinyy", "Could not find 'model/wrn_tinyy'"),
+        ("data.batch_size=abc", "data.batch_size: expected an integer, got 'abc'"),
+        ("model.net.widths=[16,160,320]", "widths must list 4"),
+    ],
+)
+def test_bad_overrides_exit_nonzero_naming_the_key_before_data_is_read(
+    override: str, message: str, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    result = run_entry("train.py", [override, f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path / 'logs'}"])
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert message in output, output[-3000:]
+    assert not data_dir.exists()
+    assert "Traceback" not in output, "a configuration mistake should give its message, not a traceback"

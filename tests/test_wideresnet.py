@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.seed_wideresnet import WideResNet as SeedWideResNet
+from wrncifar.models.wideresnet import WideResNet
+
+TINY = [4, 8, 8, 16]
+
+
+def test_seed_settings_have_the_seed_parameter_count() -> None:
+    model = WideResNet(num_classes=100)
+    assert sum(p.numel() for p in model.parameters()) == 17_175_444
+
+
+def test_seed_state_dict_loads_strictly_and_gives_the_seed_outputs() -> None:
+    torch.manual_seed(0)
+    seed = SeedWideResNet(num_classes=100).eval()
+    model = WideResNet(num_classes=100, pooling="seed").eval()
+    model.load_state_dict(seed.state_dict(), strict=True)
+    assert list(model.state_dict()) == list(seed.state_dict())
+
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), seed(x), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("pooling", ["adaptive", "seed"])
+@pytest.mark.parametrize("size", [28, 32])
+def test_output_shape_for_cifar_and_mnist_sized_inputs(pooling: str, size: int) -> None:
+    model = WideResNet(num_classes=10, in_channels=1 if size == 28 else 3, widths=TINY, pooling=pooling)
+    out = model(torch.randn(3, model.input_block.cbr[0].in_channels, size, size))
+    assert out.shape == (3, 10)
+
+
+def test_seed_pooling_sees_only_the_top_left_7x7_of_the_8x8_map() -> None:
+    seed_pool = WideResNet(widths=TINY, pooling="seed").pool
+    adaptive_pool = WideResNet(widths=TINY, pooling="adaptive").pool
+    feature_map = torch.randn(1, 16, 8, 8)
+    edited = feature_map.clone()
+    edited[..., 7, :] += 100.0  # the last row and column are outside AvgPool2d(7)'s window
+    edited[..., :, 7] += 100.0
+
+    torch.testing.assert_close(seed_pool(feature_map), seed_pool(edited))
+    torch.testing.assert_close(seed_pool(feature_map).flatten(), feature_map[..., :7, :7].mean(dim=(2, 3)).flatten())
+    assert not torch.allclose(adaptive_pool(feature_map), adaptive_pool(edited))
+    torch.testing.assert_close(adaptive_pool(feature_map).flatten(), feature_map.mean(dim=(2, 3)).flatten())
+
+
+def test_more_blocks_per_stage_continue_the_seed_numbering() -> None:
+    model = WideResNet(widths=TINY, blocks_per_stage=3)
+    names = [name for name, _ in model.named_children()]
+    assert names == [
+        "input_block", *[f"block{i}" for i in (1, 2, 3)], "pool1", *[f"block{i}" for i in (4, 5, 6)], "pool2",
+        *[f"block{i}" for i in (7, 8, 9)], "pool", "flat", "fc",
+    ]  # fmt: skip
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+
+
+def test_dropout_is_configurable_and_the_seed_value_is_the_default() -> None:
+    assert WideResNet(widths=TINY).block1.dropout.p == 0.01
+    assert WideResNet(widths=TINY, dropout=0.3).block6.dropout.p == 0.3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"widths": [16, 160, 320]}, "widths must list 4"),
+        ({"widths": [16, 160, 0, 640]}, "widths must all be positive"),
+        ({"widths": [16, -1, 320, 640]}, "widths must all be positive"),
+        ({"num_classes": 0}, "num_classes must be a positive integer"),
+        ({"in_channels": -3}, "in_channels must be a positive integer"),
+        ({"blocks_per_stage": 0}, "blocks_per_stage must be a positive integer"),
+        ({"dropout": 1.0}, "dropout must be in"),
+        ({"pooling": "max"}, "pooling must be 'adaptive' or 'seed'"),
+    ],
+)
+def test_invalid_settings_fail_at_construction(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        WideResNet(**kwargs)
