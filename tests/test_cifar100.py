@@ -150,7 +150,7 @@ def test_missing_data_with_no_network_fails_with_the_same_guidance(tmp_path, mon
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
-    with pytest.raises(DatasetNotFoundError, match="download failed.*data=synthetic"):
+    with pytest.raises(DatasetNotFoundError, match=r"download failed.*data=synthetic"):
         datamodule(tmp_path, download=True)
 
 

@@ -42,4 +42,5 @@ def test_goes_through_the_cifar100_split_transforms_and_loaders() -> None:
     assert np.bincount(dm.val_set.labels.numpy()).tolist() == [2] * 10
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32
+    assert labels.shape == (8,) and labels.dtype == torch.int64
     assert dm.num_classes == 10
