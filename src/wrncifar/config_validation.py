@@ -58,19 +58,25 @@ def _check_target(node: Mapping[str, Any], path: str, problems: list[str]) -> No
         problems.append(f"{path}._target_: cannot import {node['_target_']!r} ({err})")
         return
     hints, open_kwargs = _signature_hints(target)
-    for key, value in node.items():
+    _check_fields(node, hints, open_kwargs, path, f"an argument of {node['_target_']}", problems)
+
+
+def _check_fields(
+    values: Mapping[str, Any], hints: dict[str, Any], open_kwargs: bool, path: str, owner: str, problems: list[str]
+) -> None:
+    for key, value in values.items():
         if key.startswith("_"):
             continue
         if key not in hints:
             if not open_kwargs:
-                known = ", ".join(sorted(hints))
-                problems.append(f"{path}.{key}: not an argument of {node['_target_']} (known: {known})")
+                problems.append(f"{path}.{key}: not {owner} (known: {', '.join(sorted(hints))})")
             continue
         if isinstance(value, Mapping) and "_target_" in value:
-            continue
+            continue  # checked on its own by _walk
         settings = _settings_class(hints[key])
         if settings is not None and isinstance(value, Mapping):
-            _check_settings(value, settings, f"{path}.{key}", problems)
+            fields = typing.get_type_hints(settings)
+            _check_fields(value, fields, False, f"{path}.{key}", f"a field of {settings.__name__}", problems)
             continue
         error = _type_error(value, hints[key])
         if error:
@@ -81,17 +87,6 @@ def _settings_class(hint: Any) -> type | None:
     """The dataclass a mapping-valued argument is read into (`OptimizerSettings | Mapping`), if any."""
     candidates = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     return next((c for c in candidates if dataclasses.is_dataclass(c)), None)
-
-
-def _check_settings(value: Mapping[str, Any], cls: type, path: str, problems: list[str]) -> None:
-    hints = typing.get_type_hints(cls)
-    for key, item in value.items():
-        if key not in hints:
-            problems.append(f"{path}.{key}: not a field of {cls.__name__} (known: {', '.join(hints)})")
-            continue
-        error = _type_error(item, hints[key])
-        if error:
-            problems.append(f"{path}.{key}: {error}")
 
 
 def _signature_hints(target: Any) -> tuple[dict[str, Any], bool]:
