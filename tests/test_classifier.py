@@ -4,8 +4,10 @@ import math
 
 import pytest
 import torch
+from lightning.pytorch import Trainer
 from torch import nn
 
+from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
 from wrncifar.models.classifier import ImageClassifier
 from wrncifar.models.optimization import (
     LRFactor,
@@ -21,6 +23,7 @@ def tiny_net(num_classes: int = 10) -> WideResNet:
     return WideResNet(num_classes=num_classes, widths=[4, 8, 8, 16])
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_training_step_returns_a_differentiable_loss_and_updates_metrics() -> None:
     module = ImageClassifier(tiny_net(), label_smoothing=0.1)
     batch = (torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
@@ -29,6 +32,14 @@ def test_training_step_returns_a_differentiable_loss_and_updates_metrics() -> No
     loss.backward()
     assert module.train_acc.update_count == 1
     assert module.criterion.label_smoothing == 0.1
+
+
+def test_fit_exposes_the_datamodule_class_names_to_the_module() -> None:
+    dm = SyntheticCIFAR100DataModule(num_classes=10, train_per_class=6, test_per_class=2, val_per_class=2, batch_size=8)
+    module = ImageClassifier(tiny_net(10))
+    trainer = Trainer(accelerator="cpu", fast_dev_run=True, logger=False, enable_progress_bar=False)
+    trainer.fit(module, datamodule=dm)
+    assert module.class_names == dm.classes and len(module.class_names) == 10
 
 
 def test_hyperparameters_are_primitives_only() -> None:

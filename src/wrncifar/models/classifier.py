@@ -56,6 +56,8 @@ class ImageClassifier(LightningModule):
             }
         )
         self.net = net
+        # Filled from the datamodule's `classes` at setup, for loggers and callbacks that show class names.
+        self.class_names: tuple[str, ...] = ()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
         top5 = min(5, num_classes)
@@ -69,6 +71,10 @@ class ImageClassifier(LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self.class_names = tuple(getattr(datamodule, "classes", ()))
 
     def on_train_start(self) -> None:
         # The sanity-check validation run must not count as the best epoch.
