@@ -19,9 +19,9 @@ $(STAMP): pyproject.toml
 train: install
 	$(BIN)/python src/train.py $(ARGS)
 
-## One epoch of the tiny model on synthetic data: checks a laptop set-up in about a minute, offline.
+## Two epochs of the tiny model on synthetic data: checks a laptop set-up in about a minute, offline.
 smoke: install
-	$(BIN)/python src/train.py model=wrn_tiny data=synthetic trainer=cpu trainer.max_epochs=1 $(ARGS)
+	$(BIN)/python src/train.py model=wrn_tiny data=synthetic trainer=cpu trainer.max_epochs=2 $(ARGS)
 
 ## Lint, then the whole test suite (offline, CPU). CI runs exactly this.
 test: install lint
