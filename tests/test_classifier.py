@@ -42,6 +42,15 @@ def test_fit_exposes_the_datamodule_class_names_to_the_module() -> None:
     assert module.class_names == dm.classes and len(module.class_names) == 10
 
 
+def test_best_validation_accuracy_survives_a_checkpoint_round_trip() -> None:
+    module = ImageClassifier(tiny_net())
+    module.val_acc_best.update(torch.tensor(0.7))
+    restored = ImageClassifier(tiny_net())
+    restored.load_state_dict(module.state_dict(), strict=True)
+    restored.val_acc_best.update(torch.tensor(0.5))  # a worse epoch after resuming
+    assert restored.val_acc_best.compute() == pytest.approx(0.7)
+
+
 def test_hyperparameters_are_primitives_only() -> None:
     module = ImageClassifier(tiny_net(), optimizer={"lr": 0.05}, scheduler={"name": "multistep", "milestones": [1, 2]})
     hparams = dict(module.hparams)

@@ -11,6 +11,7 @@ import torch
 
 from tests.conftest import run_entry
 from wrncifar.config_validation import ConfigError
+from wrncifar.evaluation import evaluate
 from wrncifar.training import optimized_metric_value, train
 
 TINY_SYNTHETIC = [
@@ -76,11 +77,16 @@ def test_eval_of_the_best_checkpoint_reproduces_the_test_accuracy_of_training(
     assert metrics["test/loss"] == pytest.approx(last(rows, "test/loss"), rel=1e-5)
 
 
-@pytest.mark.slow
-def test_eval_of_a_missing_checkpoint_fails_with_a_clear_message(tmp_path: Path) -> None:
-    result = run_entry("eval.py", [f"ckpt_path={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={tmp_path}"])
-    assert result.returncode != 0
-    assert "is not a file: pass ckpt_path=" in result.stdout + result.stderr
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("ckpt_path=null", "ckpt_path is required"),
+        ("ckpt_path=/nonexistent/run/checkpoints/last.ckpt", "is not a file: pass ckpt_path="),
+    ],
+)
+def test_eval_without_a_checkpoint_fails_with_a_clear_message(make_config, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        evaluate(make_config([override], config_name="eval.yaml"))
 
 
 @pytest.mark.slow

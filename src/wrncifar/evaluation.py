@@ -24,11 +24,12 @@ RUN_GROUPS = ("model", "data")
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test `cfg.ckpt_path`; writes `test_metrics.json` to the output directory and returns the metrics."""
-    ckpt_path = Path(str(cfg.get("ckpt_path") or ""))
+    given = cfg.get("ckpt_path")
+    if not given:
+        raise ConfigError("ckpt_path is required: python src/eval.py ckpt_path=<run_dir>/checkpoints/<name>.ckpt")
+    ckpt_path = Path(str(given))
     if not ckpt_path.is_file():
-        raise ConfigError(
-            f"ckpt_path={cfg.get('ckpt_path')!r} is not a file: pass ckpt_path=<run_dir>/checkpoints/<name>.ckpt"
-        )
+        raise ConfigError(f"ckpt_path={given} is not a file: pass ckpt_path=<run_dir>/checkpoints/<name>.ckpt")
     adopt_training_run_config(cfg, ckpt_path)
     validate_config(cfg)
 

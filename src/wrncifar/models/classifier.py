@@ -67,7 +67,9 @@ class ImageClassifier(LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.test_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        # Persistent: saved in checkpoints, so a resumed run keeps the best accuracy of the epochs before it.
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -75,10 +77,6 @@ class ImageClassifier(LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         self.class_names = tuple(getattr(datamodule, "classes", ()))
-
-    def on_train_start(self) -> None:
-        # The sanity-check validation run must not count as the best epoch.
-        self.val_acc_best.reset()
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
@@ -94,6 +92,8 @@ class ImageClassifier(LightningModule):
         self._evaluate(batch, "val", self.val_loss, self.val_acc, self.val_acc_top5)
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:  # a few batches of an untrained model are not an epoch
+            return
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
 
