@@ -9,7 +9,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from wrncifar.entry import null_group_overrides, run
+from wrncifar.cli_overrides import null_group_overrides
+from wrncifar.entry import run
 from wrncifar.evaluation import evaluate
 
 # `paths.root_dir` resolves to the checkout holding this file, wherever the command is run from.

@@ -9,8 +9,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from wrncifar.entry import null_group_overrides, run
-from wrncifar.training import optimized_metric_value, train
+from wrncifar.cli_overrides import null_group_overrides
+from wrncifar.entry import run
+from wrncifar.training import train_for_sweep
 
 # `paths.root_dir` resolves to the checkout holding this file, wherever the command is run from.
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
@@ -18,8 +19,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run(train, cfg)
-    return optimized_metric_value(metrics, cfg.get("optimized_metric"))
+    return run(train_for_sweep, cfg)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import pickle
@@ -18,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torchvision.datasets import CIFAR100
 
-from wrncifar.entry import null_group_overrides
+from wrncifar.cli_overrides import null_group_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -108,3 +109,35 @@ def cifar_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path,
     monkeypatch.setattr(CIFAR100, "test_list", [["test", md5(folder / "test")]])
     monkeypatch.setattr(CIFAR100, "meta", {**CIFAR100.meta, "md5": md5(folder / "meta")})
     return data_dir, arrays
+
+
+# The tiny model on a small synthetic set: a few seconds an epoch on 2 cores, and it learns.
+TINY_SYNTHETIC = [
+    "model=wrn_tiny",
+    "data=synthetic",
+    "data.train_per_class=30",
+    "data.val_per_class=10",
+    "trainer=cpu",
+    "extras.print_config=false",
+]
+TRAINED_EPOCHS = 3
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def last_logged(rows: list[dict[str, str]], key: str) -> float:
+    return float([r[key] for r in rows if r.get(key)][-1])
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run directory of `python src/train.py` on TINY_SYNTHETIC for TRAINED_EPOCHS epochs."""
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run_entry(
+        "train.py", [*TINY_SYNTHETIC, f"trainer.max_epochs={TRAINED_EPOCHS}", f"hydra.run.dir={run_dir}"]
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return run_dir

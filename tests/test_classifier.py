@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -9,13 +7,6 @@ from torch import nn
 
 from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
 from wrncifar.models.classifier import ImageClassifier
-from wrncifar.models.optimization import (
-    LRFactor,
-    OptimizerSettings,
-    ScheduleSettings,
-    build_optimizer,
-    parameter_groups,
-)
 from wrncifar.models.wideresnet import WideResNet
 
 
@@ -62,55 +53,11 @@ def test_hyperparameters_are_primitives_only() -> None:
     )
 
 
-def test_norm_and_bias_parameters_can_be_exempt_from_weight_decay() -> None:
-    net = tiny_net()
-    decay, no_decay = parameter_groups(net, 5e-4, decay_norm_and_bias=False)
-    bn_and_bias = {
-        id(p)
-        for m in net.modules()
-        for n, p in m.named_parameters(recurse=False)
-        if isinstance(m, nn.BatchNorm2d) or n == "bias"
-    }
-    assert {id(p) for p in no_decay["params"]} == bn_and_bias and no_decay["weight_decay"] == 0.0
-    assert len(decay["params"]) + len(no_decay["params"]) == len(list(net.parameters()))
-    assert all(p.ndim > 1 for p in decay["params"])
-    (everything,) = parameter_groups(net, 5e-4, decay_norm_and_bias=True)
-    assert len(everything["params"]) == len(list(net.parameters()))
-
-
-def test_default_optimizer_is_nesterov_sgd_of_the_wrn_paper() -> None:
-    optimizer = build_optimizer(tiny_net(), OptimizerSettings())
-    assert isinstance(optimizer, torch.optim.SGD)
-    group = optimizer.param_groups[0]
-    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.1, 0.9, True, 5e-4)
-
-
-def test_cosine_schedule_warms_up_linearly_then_decays_to_the_floor() -> None:
-    factor = LRFactor(
-        ScheduleSettings(name="cosine", warmup_epochs=1, min_lr_ratio=0.1), total_steps=110, steps_per_epoch=10
-    )
-    assert [factor(s) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
-    assert factor(9) == pytest.approx(1.0)
-    assert factor(10) == pytest.approx(1.0)
-    assert factor(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert factor(110) == pytest.approx(0.1)
-    assert all(factor(s) >= factor(s + 1) for s in range(10, 110))
-
-
-def test_multistep_schedule_drops_by_gamma_at_each_milestone() -> None:
-    factor = LRFactor(
-        ScheduleSettings(name="multistep", milestones=(60, 120, 160), gamma=0.2), 2000, steps_per_epoch=10
-    )
-    assert [factor(s) for s in (599, 600, 1199, 1200, 1600)] == pytest.approx([1, 0.2, 0.2, 0.04, 0.008])
-
-
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: OptimizerSettings(lr=0), "optimizer.lr must be > 0"),
-        (lambda: OptimizerSettings(lr=-0.1), "optimizer.lr must be > 0"),
-        (lambda: OptimizerSettings(weight_decay=-1), "weight_decay must be >= 0"),
-        (lambda: ScheduleSettings(name="linear"), "scheduler.name must be"),
+        (lambda: ImageClassifier(tiny_net(), optimizer={"lr": 0}), "optimizer.lr must be > 0"),
+        (lambda: ImageClassifier(tiny_net(), scheduler={"name": "linear"}), "scheduler.name must be"),
         (lambda: ImageClassifier(tiny_net(), label_smoothing=1.0), "label_smoothing must be in"),
         (lambda: ImageClassifier(nn.Linear(3, 3)), "num_classes is needed"),
     ],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ from hydra.utils import instantiate
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
 from tests.conftest import CONFIGS, run_entry
-from wrncifar.config_validation import ConfigError, validate_config
+from wrncifar.config_validation import validate_config
 from wrncifar.instantiation import instantiate_group
 
 # Trainer options made for GPUs are instantiated on the CPU here; everything else in them is kept.
@@ -32,11 +31,10 @@ def test_every_group_has_the_documented_options() -> None:
 
 
 @pytest.mark.parametrize("option", options("data"))
-def test_data_options_instantiate_without_touching_data(make_config, option: str, tmp_path: Path) -> None:
-    cfg = make_config([f"data={option}", f"paths.data_dir={tmp_path / 'nowhere'}"])
+def test_data_options_instantiate(make_config, option: str) -> None:
+    cfg = make_config([f"data={option}"])
     validate_config(cfg)
     assert isinstance(instantiate(cfg.data), LightningDataModule)
-    assert not (tmp_path / "nowhere").exists()
 
 
 @pytest.mark.parametrize("option", options("model"))
@@ -64,7 +62,7 @@ def test_trainer_options_instantiate(make_config, option: str) -> None:
     assert trainer.max_epochs == 200
 
 
-def test_ddp_cpu_runs_two_processes_and_gpu_configs_use_bf16(make_config) -> None:
+def test_ddp_cpu_asks_for_two_cpu_processes_and_gpu_configs_use_bf16(make_config) -> None:
     assert instantiate(make_config(["trainer=ddp_cpu"]).trainer).num_devices == 2
     for option in ("gpu", "ddp"):
         cfg = make_config([f"trainer={option}"])
@@ -87,27 +85,37 @@ def test_logger_options_instantiate(make_config, option: str) -> None:
     assert len(loggers) == (3 if option == "many_loggers" else 1)
 
 
-def test_logger_and_callbacks_can_be_switched_off(make_config) -> None:
-    cfg = make_config(["logger=null", "callbacks=none"])
-    assert instantiate_group(cfg.get("logger")) == [] and instantiate_group(cfg.get("callbacks")) == []
+@pytest.mark.parametrize("override", ["logger=null", "callbacks=null", "callbacks=none"])
+def test_logger_and_callbacks_can_be_switched_off(make_config, override: str) -> None:
+    group = override.split("=")[0]
+    assert instantiate_group(make_config([override]).get(group)) == []
+
+
+def test_callbacks_none_also_switches_off_lightnings_implicit_checkpoint(make_config) -> None:
+    trainer = instantiate(make_config(["callbacks=none"]).trainer)
+    assert trainer.checkpoint_callback is None
+
+
+EXPECTED_CALLBACKS = {
+    "default": {"ModelCheckpoint", "LearningRateMonitor", "RichProgressBar", "RichModelSummary"},
+    "model_checkpoint": {"ModelCheckpoint"},
+    "lr_monitor": {"LearningRateMonitor"},
+    "rich_progress_bar": {"RichProgressBar"},
+    "rich_model_summary": {"RichModelSummary"},
+    "none": set(),
+}
+
+
+def test_every_callbacks_option_is_covered() -> None:
+    assert set(options("callbacks")) == set(EXPECTED_CALLBACKS)
 
 
 @pytest.mark.parametrize("option", options("callbacks"))
 def test_callback_options_instantiate(make_config, option: str) -> None:
     cfg = make_config([f"callbacks={option}"])
     validate_config(cfg)
-    callbacks = instantiate_group(cfg.callbacks)
-    names = {type(c).__name__ for c in callbacks}
-    if option == "default":
-        assert names == {"ModelCheckpoint", "LearningRateMonitor", "RichProgressBar", "RichModelSummary"}
-
-
-@pytest.mark.parametrize("option", options("debug"))
-def test_debug_options_instantiate(make_config, option: str) -> None:
-    cfg = make_config([f"debug={option}", "model=wrn_tiny", "data=synthetic"])
-    validate_config(cfg)
-    assert cfg.task_name == "debug"
-    assert isinstance(instantiate(cfg.trainer), Trainer)
+    names = {type(c).__name__ for c in instantiate_group(cfg.callbacks)}
+    assert names == EXPECTED_CALLBACKS[option]
 
 
 @pytest.mark.parametrize("option", options("experiment"))
@@ -121,8 +129,9 @@ def test_experiment_options_compose_and_instantiate(make_config, option: str) ->
 def test_paper_recipe_experiment(make_config) -> None:
     cfg = make_config(["experiment=wrn_cifar100"])
     assert cfg.trainer.max_epochs == 200 and cfg.data.batch_size == 128
-    assert dict(cfg.model.optimizer) | {} == {**cfg.model.optimizer, "lr": 0.1, "momentum": 0.9, "nesterov": True}
-    assert cfg.model.optimizer.weight_decay == 5e-4
+    optimizer, scheduler = cfg.model.optimizer, cfg.model.scheduler
+    assert (optimizer.lr, optimizer.momentum, optimizer.nesterov, optimizer.weight_decay) == (0.1, 0.9, True, 5e-4)
+    assert (scheduler.name, list(scheduler.milestones), scheduler.gamma) == ("multistep", [60, 120, 160], 0.2)
     assert (cfg.data.crop_padding, cfg.data.flip) == (4, True)
     assert cfg.model.net.widths == [16, 160, 320, 640]
 
@@ -131,22 +140,6 @@ def test_eval_config_composes(make_config, tmp_path: Path) -> None:
     cfg = make_config([f"ckpt_path={tmp_path / 'x.ckpt'}"], config_name="eval.yaml")
     validate_config(cfg)
     assert cfg.task_name == "eval"
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("data.batch_size=abc", "data.batch_size: expected an integer, got 'abc'"),
-        ("model.optimizer.lr=fast", "model.optimizer.lr: expected a number"),
-        ("trainer.max_epochs=ten", "trainer.max_epochs"),
-        ("+data.colour=blue", "data.colour: not an argument of"),
-        ("+model.scheduler.shape=linear", "model.scheduler.shape: not a field of ScheduleSettings"),
-        ("model.scheduler.name=linear", "model.scheduler.name: expected one of ['cosine', 'multistep', 'constant']"),
-    ],
-)
-def test_validation_names_the_mistyped_key(make_config, override: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        validate_config(make_config([override]))
 
 
 @pytest.mark.slow

@@ -1,9 +1,11 @@
-"""Check a composed config against the constructors it will call, before anything is instantiated.
+"""Check a run before it starts: the composed config against the constructors it will call, before anything
+is instantiated, and the instantiated model against the data.
 
 YAML configs carry no types, so `data.batch_size=abc` would otherwise surface deep inside a DataLoader after
 the dataset was read. Each node with a `_target_` is checked against the target's signature: unknown keys
 and values of the wrong primitive type (int, float, bool, str, None, Literal choices, sequences of those)
 are reported with their full config key. Types the checker does not understand are left to the target.
+The top-level keys of `train.yaml` / `eval.yaml` are checked against `TOP_LEVEL`.
 """
 
 from __future__ import annotations
@@ -14,14 +16,30 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningDataModule, LightningModule
+
 
 class ConfigError(ValueError):
     """The composed config cannot work: the message names each offending key."""
+
+
+# Types of the top-level keys of the entry configs (those without a `_target_` to read them from).
+TOP_LEVEL: dict[str, Any] = {
+    "task_name": str,
+    "tags": list[str],
+    "train": bool,
+    "test": bool,
+    "ckpt_path": str | None,
+    "seed": int | None,
+    "optimized_metric": str | None,
+    "matmul_precision": Literal["highest", "high", "medium"] | None,
+}
 
 
 _UNCHECKED = object()
@@ -31,6 +49,7 @@ def validate_config(cfg: DictConfig) -> None:
     """Raise `ConfigError` listing every mistyped or unknown key of the config's instantiable nodes."""
     container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     problems: list[str] = []
+    _check_fields({k: v for k, v in container.items() if k in TOP_LEVEL}, TOP_LEVEL, True, "", "", problems)
     _walk(container, "", problems)
     if problems:
         raise ConfigError(
@@ -71,16 +90,17 @@ def _check_fields(
             if not open_kwargs:
                 problems.append(f"{path}.{key}: not {owner} (known: {', '.join(sorted(hints))})")
             continue
+        key_path = f"{path}.{key}" if path else key
         if isinstance(value, Mapping) and "_target_" in value:
             continue  # checked on its own by _walk
         settings = _settings_class(hints[key])
         if settings is not None and isinstance(value, Mapping):
             fields = typing.get_type_hints(settings)
-            _check_fields(value, fields, False, f"{path}.{key}", f"a field of {settings.__name__}", problems)
+            _check_fields(value, fields, False, key_path, f"a field of {settings.__name__}", problems)
             continue
         error = _type_error(value, hints[key])
         if error:
-            problems.append(f"{path}.{key}: {error}")
+            problems.append(f"{key_path}: {error}")
 
 
 def _settings_class(hint: Any) -> type | None:
@@ -147,4 +167,22 @@ def _type_error(value: Any, hint: Any) -> str | None:
 
 
 def _describe(hint: Any) -> str:
-    return " or ".join(getattr(a, "__name__", str(a)).replace("NoneType", "null") for a in typing.get_args(hint))
+    """`int | None` → "int or null"; Literal choices are listed."""
+    names = []
+    for arg in typing.get_args(hint):
+        if typing.get_origin(arg) is typing.Literal:
+            names.append(f"one of {list(typing.get_args(arg))}")
+        else:
+            names.append("null" if arg is type(None) else getattr(arg, "__name__", str(arg)))
+    return " or ".join(names)
+
+
+def check_num_classes(model: LightningModule, datamodule: LightningDataModule) -> None:
+    """Fail before any data is read when the model's outputs and the dataset's classes disagree."""
+    model_classes = model.hparams.get("num_classes")
+    data_classes = getattr(datamodule, "num_classes", None)
+    if model_classes and data_classes and model_classes != data_classes:
+        raise ConfigError(
+            f"the model predicts {model_classes} classes but the dataset has {data_classes}: "
+            f"set model.net.num_classes={data_classes}"
+        )

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from wrncifar.config_validation import ConfigError
 from wrncifar.data.cifar100_sources import CorruptDatasetError, DatasetNotFoundError
-from wrncifar.run_setup import apply_extras
+from wrncifar.extras import apply_extras
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +23,6 @@ T = TypeVar("T")
 USER_ERRORS = (ConfigError, DatasetNotFoundError, CorruptDatasetError, InstantiationException)
 
 
-# Groups with a default option that a user may switch off. Hydra rejects `group=null` once the group has a
-# default (`~group` is its spelling), but `logger=null` is what lightning-hydra-template users type.
-SWITCHABLE_GROUPS = ("logger", "callbacks")
-
-
-def null_group_overrides(args: list[str]) -> list[str]:
-    """Rewrite `logger=null` / `callbacks=null` into Hydra's deletion syntax `~logger` / `~callbacks`."""
-    return [f"~{arg.split('=')[0]}" if arg in {f"{g}=null" for g in SWITCHABLE_GROUPS} else arg for arg in args]
-
-
 def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """Run `task(cfg)`; exit 1 with the message alone for user errors, log and re-raise anything else."""
     try:
@@ -41,8 +31,9 @@ def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     except USER_ERRORS as err:
         log.error("%s", err)
         raise SystemExit(1) from err
-    except Exception:
-        log.exception("Run failed; its outputs so far are in %s", cfg.paths.output_dir)
+    except Exception as err:
+        # Hydra prints the traceback next; the log file gets the one-line summary.
+        log.error("Run failed (%s: %s); its outputs so far are in %s", type(err).__name__, err, cfg.paths.output_dir)
         raise
     finally:
         _finish_wandb()

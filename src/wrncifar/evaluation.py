@@ -7,19 +7,22 @@ import logging
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from wrncifar.config_validation import ConfigError, validate_config
+from wrncifar.config_validation import ConfigError, check_num_classes, validate_config
 from wrncifar.instantiation import instantiate_group
-from wrncifar.training import check_num_classes, metrics_as_floats
+from wrncifar.run_metrics import metrics_as_floats
 
 log = logging.getLogger(__name__)
 
 # Groups taken from the training run's saved config, so `eval.py ckpt_path=…` rebuilds the same network
 # and data source without repeating the training overrides.
 RUN_GROUPS = ("model", "data")
+# How far above a checkpoint its run's `.hydra/` folder may be (<run>/checkpoints/x.ckpt, <run>/csv/…/x.ckpt).
+RUN_DIR_DEPTH = 4
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -47,20 +50,32 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 def training_run_config(ckpt_path: Path) -> DictConfig | None:
-    """The config saved by Hydra for the run that wrote `<run_dir>/checkpoints/<name>.ckpt`, if present."""
-    saved = ckpt_path.resolve().parent.parent / ".hydra" / "config.yaml"
-    return OmegaConf.load(saved) if saved.is_file() else None  # type: ignore[return-value]
+    """The config Hydra saved for the run that wrote `ckpt_path`: the nearest `.hydra/config.yaml` above it."""
+    for folder in list(ckpt_path.resolve().parents)[:RUN_DIR_DEPTH]:
+        saved = folder / ".hydra" / "config.yaml"
+        if saved.is_file():
+            return OmegaConf.load(saved)  # type: ignore[return-value]
+    return None
 
 
 def adopt_training_run_config(cfg: DictConfig, ckpt_path: Path) -> None:
-    """Use the training run's `model` and `data` configs unless this command line overrides them."""
+    """Use the training run's `model` and `data` configs, then re-apply this command line's overrides of them.
+
+    `model=…` / `data=…` on this command line keep this config's choice; `data.eval_batch_size=64` and the like
+    are applied on top of the run's config.
+    """
     run_cfg = training_run_config(ckpt_path)
     if run_cfg is None:
         return
-    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    overrides = OverridesParser.create().parse_overrides(
+        list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    )
     for group in RUN_GROUPS:
-        overridden = any(o.lstrip("+~").split("=")[0].split(".")[0] == group for o in overrides)
-        if group in run_cfg and not overridden:
-            with open_dict(cfg):
-                cfg[group] = run_cfg[group]
-            log.info("Using %s config of the training run (%s)", group, ckpt_path.parent.parent)
+        if group not in run_cfg or any(o.key_or_group == group for o in overrides):
+            continue
+        with open_dict(cfg):
+            cfg[group] = run_cfg[group]
+            for o in overrides:
+                if o.key_or_group.startswith(f"{group}.") and not o.is_delete():
+                    OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True, force_add=True)
+        log.info("Using the %s config of the training run that wrote %s", group, ckpt_path)

@@ -7,17 +7,22 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer, seed_everything
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from wrncifar.config_validation import ConfigError, validate_config
+from wrncifar.config_validation import check_num_classes, validate_config
 from wrncifar.instantiation import instantiate_group
+from wrncifar.run_metrics import metrics_as_floats, optimized_metric_value
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit `cfg.model` on `cfg.data` and, if `cfg.test`, test the best checkpoint. Returns the final metrics."""
+    """Fit `cfg.model` on `cfg.data` and, if `cfg.test`, test the best checkpoint. Returns the final metrics.
+
+    With `train=false test=true ckpt_path=…` it only tests that checkpoint.
+    """
     validate_config(cfg)
     if cfg.get("seed") is not None:
         seed_everything(cfg.seed, workers=True)
@@ -27,11 +32,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: LightningDataModule = instantiate(cfg.data)
     model: LightningModule = instantiate(cfg.model)
     check_num_classes(model, datamodule)
-    trainer: Trainer = instantiate(
-        cfg.trainer,
-        callbacks=instantiate_group(cfg.get("callbacks")),
-        logger=instantiate_group(cfg.get("logger")) or False,
-    )
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = _without_logger_only_callbacks(instantiate_group(cfg.get("callbacks")), has_logger=bool(loggers))
+    trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log_run_config(trainer, cfg, model)
 
     if cfg.get("train", True):
@@ -39,27 +42,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = metrics_as_floats(trainer.callback_metrics)
 
     if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not best:
-            log.warning("No best checkpoint was saved: testing the weights as they are now.")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        ckpt_path = _checkpoint_to_test(trainer, cfg)
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics |= metrics_as_floats(trainer.callback_metrics)
-        if best:
-            log.info("Best checkpoint: %s", best)
 
     log.info("Outputs: %s", cfg.paths.output_dir)
     return metrics
 
 
-def check_num_classes(model: LightningModule, datamodule: LightningDataModule) -> None:
-    """Fail before any data is read when the model's outputs and the dataset's classes disagree."""
-    model_classes = model.hparams.get("num_classes")
-    data_classes = getattr(datamodule, "num_classes", None)
-    if model_classes and data_classes and model_classes != data_classes:
-        raise ConfigError(
-            f"the model predicts {model_classes} classes but the dataset has {data_classes}: "
-            f"set model.net.num_classes={data_classes}"
-        )
+def train_for_sweep(cfg: DictConfig) -> float | None:
+    """`train`, then the value of `cfg.optimized_metric` (what Hydra sweepers read); None when only testing."""
+    metrics = train(cfg)
+    if not cfg.get("train", True) and cfg.get("optimized_metric") not in metrics:
+        return None
+    return optimized_metric_value(metrics, cfg.get("optimized_metric"))
 
 
 def log_run_config(trainer: Trainer, cfg: DictConfig, model: LightningModule) -> None:
@@ -73,17 +69,22 @@ def log_run_config(trainer: Trainer, cfg: DictConfig, model: LightningModule) ->
         logger.log_hyperparams(hparams)
 
 
-def optimized_metric_value(metrics: dict[str, float], name: str | None) -> float | None:
-    """The value a sweep optimises; a clear error when the run did not produce it."""
-    if not name:
-        return None
-    if name not in metrics:
-        available = ", ".join(sorted(metrics))
-        raise ConfigError(f"optimized_metric {name!r} was not logged; logged metrics: {available}")
-    value = metrics[name]
-    log.info("%s = %s", name, value)
-    return value
+def _without_logger_only_callbacks(callbacks: list[Callback], has_logger: bool) -> list[Callback]:
+    """Drop callbacks that refuse to run without a logger (LearningRateMonitor) when logging is off."""
+    if has_logger:
+        return callbacks
+    kept = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if len(kept) < len(callbacks):
+        log.info("No logger: the learning-rate monitor is switched off.")
+    return kept
 
 
-def metrics_as_floats(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, torch.Tensor | int | float)}
+def _checkpoint_to_test(trainer: Trainer, cfg: DictConfig) -> str | None:
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        log.info("Testing the best checkpoint: %s", best)
+        return best
+    if not cfg.get("train", True) and cfg.get("ckpt_path"):
+        return str(cfg.ckpt_path)
+    log.warning("No checkpoint was saved: testing the weights as they are now.")
+    return None

@@ -36,14 +36,17 @@ class CorruptDatasetError(RuntimeError):
 
 
 def official_folder(data_dir: Path) -> Path:
+    """Where torchvision keeps the extracted official release."""
     return data_dir / CIFAR100.base_folder
 
 
 def official_archive(data_dir: Path) -> Path:
+    """Where the official `cifar-100-python.tar.gz` is looked for (and downloaded to)."""
     return data_dir / CIFAR100.filename
 
 
 def has_array_export(data_dir: Path) -> bool:
+    """Whether `data_dir` holds the three files of the array export."""
     return all((data_dir / name).is_file() for name in ARRAY_FILES)
 
 

@@ -77,6 +77,9 @@ class ImageClassifier(LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         self.class_names = tuple(getattr(datamodule, "classes", ()))
+        if self.class_names:
+            for logger in self.loggers:
+                logger.log_hyperparams({"data/classes": list(self.class_names)})
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch

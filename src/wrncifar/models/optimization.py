@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -75,38 +76,32 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias:
 
 
 def build_optimizer(model: nn.Module, settings: OptimizerSettings) -> torch.optim.SGD:
+    """SGD over `model`'s parameters as `settings` asks."""
     groups = parameter_groups(model, settings.weight_decay, settings.decay_norm_and_bias)
     return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, nesterov=settings.nesterov)
 
 
-class LRFactor:
-    """The multiplier of the base learning rate at a given optimizer step (a LambdaLR lambda).
-
-    A plain object with primitive attributes, so LambdaLR saves it in checkpoints and a resumed run
-    continues the same curve.
-    """
-
-    def __init__(self, settings: ScheduleSettings, total_steps: int, steps_per_epoch: float) -> None:
-        self.name = settings.name
-        self.total_steps = max(1, total_steps)
-        self.warmup_steps = round(settings.warmup_epochs * steps_per_epoch)
-        self.min_lr_ratio = settings.min_lr_ratio
-        self.milestone_steps = [round(m * steps_per_epoch) for m in settings.milestones]
-        self.gamma = settings.gamma
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.name == "multistep":
-            return self.gamma ** sum(step >= m for m in self.milestone_steps)
-        if self.name == "constant":
-            return 1.0
-        decay_steps = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
-        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+def lr_factor(step: int, settings: ScheduleSettings, total_steps: int, steps_per_epoch: float) -> float:
+    """The multiplier of the base learning rate after `step` optimizer steps."""
+    warmup_steps = round(settings.warmup_epochs * steps_per_epoch)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if settings.name == "multistep":
+        return settings.gamma ** sum(step >= round(m * steps_per_epoch) for m in settings.milestones)
+    if settings.name == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, settings: ScheduleSettings, total_steps: int, steps_per_epoch: float
 ) -> LambdaLR:
-    return LambdaLR(optimizer, LRFactor(settings, total_steps, steps_per_epoch))
+    """A per-step LambdaLR following `settings`.
+
+    The lambda is a `functools.partial`, whose state LambdaLR saves as empty: a resumed run keeps its step
+    count from the checkpoint but takes the curve from its current config, so resuming with more epochs
+    stretches the schedule over the new length instead of idling at the old floor.
+    """
+    schedule = functools.partial(lr_factor, settings=settings, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    return LambdaLR(optimizer, schedule)

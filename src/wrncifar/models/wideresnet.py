@@ -86,27 +86,30 @@ class WideResNet(nn.Module):
         self.num_classes = num_classes
 
         self.input_block = cbrblock(in_channels, widths[0])
-        index = 0
+        # Attribute names of each stage's blocks; the attributes themselves carry the seed's names.
+        self.stage_blocks: tuple[tuple[str, ...], ...] = tuple(
+            tuple(f"block{stage * blocks_per_stage + i + 1}" for i in range(blocks_per_stage))
+            for stage in range(len(widths) - 1)
+        )
         for stage, (stage_in, stage_out) in enumerate(itertools.pairwise(widths), start=1):
-            for block in range(blocks_per_stage):
-                index += 1
-                first = block == 0
-                setattr(
-                    self,
-                    f"block{index}",
-                    conv_block(stage_in if first else stage_out, stage_out, scale_input=first, dropout=dropout),
-                )
-            if stage < len(widths) - 1:
+            for i, name in enumerate(self.stage_blocks[stage - 1]):
+                first = i == 0
+                block = conv_block(stage_in if first else stage_out, stage_out, scale_input=first, dropout=dropout)
+                setattr(self, name, block)
+            if stage < len(self.stage_blocks):
                 setattr(self, f"pool{stage}", nn.MaxPool2d(2))
         self.pool = nn.AvgPool2d(7) if pooling == "seed" else nn.AdaptiveAvgPool2d(1)
         self.flat = nn.Flatten()
         self.fc = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Registration order is the seed's execution order: stem, blocks with pools between stages, head.
-        for module in self.children():
-            x = module(x)
-        return x
+        out = self.input_block(x)
+        for stage, names in enumerate(self.stage_blocks, start=1):
+            for name in names:
+                out = getattr(self, name)(out)
+            if stage < len(self.stage_blocks):
+                out = getattr(self, f"pool{stage}")(out)
+        return self.fc(self.flat(self.pool(out)))
 
 
 def _check_arguments(

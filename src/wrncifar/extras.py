@@ -1,4 +1,4 @@
-"""What every entry point does first: optional warning filters and a printout of the composed config."""
+"""The `extras` config group, applied by every entry point first: warning filter and config printout."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ PRINT_ORDER = ("data", "model", "callbacks", "logger", "trainer", "paths", "extr
 
 
 def apply_extras(cfg: DictConfig) -> None:
+    """Apply `cfg.extras`: `ignore_warnings` silences Python warnings, `print_config` prints the config tree."""
     extras = cfg.get("extras") or {}
     if extras.get("ignore_warnings"):
         warnings.filterwarnings("ignore")

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from wrncifar.models.optimization import (
+    OptimizerSettings,
+    ScheduleSettings,
+    build_optimizer,
+    build_scheduler,
+    lr_factor,
+    parameter_groups,
+)
+from wrncifar.models.wideresnet import WideResNet
+
+
+def tiny_net() -> WideResNet:
+    return WideResNet(num_classes=10, widths=[4, 8, 8, 16])
+
+
+def test_norm_and_bias_parameters_can_be_exempt_from_weight_decay() -> None:
+    net = tiny_net()
+    decay, no_decay = parameter_groups(net, 5e-4, decay_norm_and_bias=False)
+    bn_and_bias = {
+        id(p)
+        for m in net.modules()
+        for n, p in m.named_parameters(recurse=False)
+        if isinstance(m, nn.BatchNorm2d) or n == "bias"
+    }
+    assert {id(p) for p in no_decay["params"]} == bn_and_bias and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(net.parameters()))
+    assert all(p.ndim > 1 for p in decay["params"])
+    (everything,) = parameter_groups(net, 5e-4, decay_norm_and_bias=True)
+    assert len(everything["params"]) == len(list(net.parameters()))
+
+
+def test_default_optimizer_is_nesterov_sgd_of_the_wrn_paper() -> None:
+    optimizer = build_optimizer(tiny_net(), OptimizerSettings())
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.1, 0.9, True, 5e-4)
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_the_floor() -> None:
+    settings = ScheduleSettings(name="cosine", warmup_epochs=1, min_lr_ratio=0.1)
+
+    def factor(step: int) -> float:
+        return lr_factor(step, settings, total_steps=110, steps_per_epoch=10)
+
+    assert [factor(s) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert factor(9) == pytest.approx(1.0)
+    assert factor(10) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert factor(110) == pytest.approx(0.1)
+    assert all(factor(s) >= factor(s + 1) for s in range(10, 110))
+
+
+def test_multistep_schedule_drops_by_gamma_at_each_milestone() -> None:
+    settings = ScheduleSettings(name="multistep", milestones=(60, 120, 160), gamma=0.2)
+    factors = [lr_factor(s, settings, total_steps=2000, steps_per_epoch=10) for s in (599, 600, 1199, 1200, 1600)]
+    assert factors == pytest.approx([1, 0.2, 0.2, 0.04, 0.008])
+
+
+def test_scheduler_steps_the_optimizer_lr_and_resumes_its_position_with_the_current_length() -> None:
+    settings = ScheduleSettings(name="cosine")
+    optimizer = build_optimizer(tiny_net(), OptimizerSettings(lr=0.1))
+    scheduler = build_scheduler(optimizer, settings, total_steps=100, steps_per_epoch=10)
+    for _ in range(50):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)  # half-way down the cosine
+
+    longer = build_optimizer(tiny_net(), OptimizerSettings(lr=0.1))
+    resumed = build_scheduler(longer, settings, total_steps=200, steps_per_epoch=10)
+    state = scheduler.state_dict()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert resumed.last_epoch == 50
+    longer.step()
+    resumed.step()
+    assert longer.param_groups[0]["lr"] == pytest.approx(0.1 * lr_factor(51, settings, 200, 10))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: OptimizerSettings(lr=0), "optimizer.lr must be > 0"),
+        (lambda: OptimizerSettings(lr=-0.1), "optimizer.lr must be > 0"),
+        (lambda: OptimizerSettings(momentum=1.0), "optimizer.momentum must be in"),
+        (lambda: OptimizerSettings(weight_decay=-1), "weight_decay must be >= 0"),
+        (lambda: OptimizerSettings(momentum=0.0), "nesterov needs momentum"),
+        (lambda: ScheduleSettings(name="linear"), "scheduler.name must be"),
+        (lambda: ScheduleSettings(warmup_epochs=-1), "warmup_epochs must be >= 0"),
+        (lambda: ScheduleSettings(min_lr_ratio=2), "min_lr_ratio must be in"),
+    ],
+)
+def test_invalid_settings_fail_at_construction(make, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()
