@@ -12,7 +12,9 @@ from omegaconf import DictConfig
 
 from wrncifar.config_validation import ConfigError
 from wrncifar.data.cifar100_sources import CorruptDatasetError, DatasetNotFoundError
+from wrncifar.data.device_batches import DeviceMemoryError
 from wrncifar.extras import apply_extras
+from wrncifar.models.compilation import CompileUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +22,14 @@ T = TypeVar("T")
 
 # Mistakes in the user's input: their message says what to fix, so a traceback would only hide it.
 # Hydra's InstantiationException carries the constructor's own ValueError and the config key.
-USER_ERRORS = (ConfigError, DatasetNotFoundError, CorruptDatasetError, InstantiationException)
+USER_ERRORS = (
+    ConfigError,
+    DatasetNotFoundError,
+    CorruptDatasetError,
+    DeviceMemoryError,
+    CompileUnavailableError,
+    InstantiationException,
+)
 
 
 def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 from wrncifar.argument_checks import require_positive_int
 from wrncifar.data.arrays import ImageArrays, stratified_split
 from wrncifar.data.cifar100_sources import load_cifar100, prepare_cifar100
-from wrncifar.data.transforms import eval_transform, train_transform
+from wrncifar.data.device_batches import DeviceBatches, check_fits_on_device
+from wrncifar.data.transforms import CIFAR100_MEAN, CIFAR100_STD, eval_transform, train_transform
 
 
 class ImageDataset(Dataset):
@@ -52,6 +53,9 @@ class CIFAR100DataModule(LightningDataModule):
         download: download through torchvision when no copy is found.
         crop_padding: zero padding before the random 32×32 training crop (0 disables the crop).
         flip: random horizontal flips in training.
+        drop_last: drop the last incomplete training batch of each epoch (one batch shape suits torch.compile).
+        on_device: keep the uint8 images on the training device and batch, augment and normalise them there
+            (`DeviceBatches`); no loader workers. The fast path on a GPU; on CPU it batches without workers.
     """
 
     num_classes = 100
@@ -69,6 +73,8 @@ class CIFAR100DataModule(LightningDataModule):
         download: bool = True,
         crop_padding: int = 4,
         flip: bool = True,
+        drop_last: bool = False,
+        on_device: bool = False,
     ) -> None:
         super().__init__()
         for name, value in [("batch_size", batch_size), ("val_per_class", val_per_class)]:
@@ -88,6 +94,10 @@ class CIFAR100DataModule(LightningDataModule):
         self.val_per_class = val_per_class
         self.split_seed = split_seed
         self.download = download
+        self.crop_padding = crop_padding
+        self.flip = flip
+        self.drop_last = drop_last
+        self.on_device = on_device
         self.train_tf = train_transform(crop_padding, flip)
         self.eval_tf = eval_transform()
         self.classes: tuple[str, ...] = ()
@@ -110,24 +120,54 @@ class CIFAR100DataModule(LightningDataModule):
         self.train_set = ImageDataset(arrays.train_images[train_idx], arrays.train_labels[train_idx], self.train_tf)
         self.val_set = ImageDataset(arrays.train_images[val_idx], arrays.train_labels[val_idx], self.eval_tf)
         self.test_set = ImageDataset(arrays.test_images, arrays.test_labels, self.eval_tf)
+        if self.on_device:  # fail before training, not at the first batch
+            sets = (self.train_set, self.val_set, self.test_set)
+            check_fits_on_device(sum(d.images.nbytes + d.labels.nbytes for d in sets), self._device())
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
+        return self._loader(self.train_set, self.batch_size, train=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
+        return self._loader(self.val_set, self.eval_batch_size, train=False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
+        return self._loader(self.test_set, self.eval_batch_size, train=False)
 
-    def _loader(self, dataset: ImageDataset | None, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: ImageDataset | None, batch_size: int, train: bool) -> DataLoader | DeviceBatches:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
+        if self.on_device:
+            return self.device_batches(dataset, batch_size, train, self._device())
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=train,
+            drop_last=self.drop_last and train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
+
+    def device_batches(
+        self, dataset: ImageDataset, batch_size: int, train: bool, device: torch.device
+    ) -> DeviceBatches:
+        """`dataset` on `device` as `DeviceBatches` with this module's augmentation, sharded by the trainer's rank."""
+        trainer = self.trainer
+        return DeviceBatches(
+            dataset.images.to(device),
+            dataset.labels.to(device),
+            batch_size,
+            mean=CIFAR100_MEAN,
+            std=CIFAR100_STD,
+            train=train,
+            crop_padding=self.crop_padding,
+            flip=self.flip,
+            # From the global generator, so `seed=` fixes it; a checkpoint stores the seed in use.
+            seed=int(torch.randint(2**62, ()).item()),
+            drop_last=self.drop_last and train,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+        )
+
+    def _device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.trainer else torch.device("cpu")

@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from wrncifar.models.compilation import is_compiled, require_compile_support
 from wrncifar.models.optimization import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
 
 
@@ -29,6 +30,10 @@ class ImageClassifier(LightningModule):
         scheduler: keyword arguments of `ScheduleSettings` (name, warmup_epochs, …).
         label_smoothing: cross-entropy label smoothing in [0, 1).
         num_classes: classes of the metrics; defaults to `net.num_classes`.
+        channels_last: NHWC memory format for the network and its inputs (faster convolutions on tensor cores).
+        compile: `torch.compile` the network when training or testing starts. It is compiled in place, so
+            checkpoints keep plain parameter names and load into an uncompiled network and back.
+        compile_mode: torch.compile's mode (None, "max-autotune", …).
     """
 
     def __init__(
@@ -38,8 +43,13 @@ class ImageClassifier(LightningModule):
         scheduler: ScheduleSettings | Mapping[str, Any] | None = None,
         label_smoothing: float = 0.0,
         num_classes: int | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_mode: str | None = None,
     ) -> None:
         super().__init__()
+        if compile:
+            require_compile_support()
         self.optimizer_settings = _settings(OptimizerSettings, optimizer)
         self.schedule_settings = _settings(ScheduleSettings, scheduler)
         if not 0 <= label_smoothing < 1:
@@ -55,7 +65,11 @@ class ImageClassifier(LightningModule):
                 "num_classes": num_classes,
             }
         )
-        self.net = net
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.channels_last = channels_last
+        # Not `self.compile`: that would hide nn.Module.compile.
+        self.compile_network = compile
+        self.compile_mode = compile_mode
         # Filled from the datamodule's `classes` at setup, for loggers and callbacks that show class names.
         self.class_names: tuple[str, ...] = ()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -72,7 +86,15 @@ class ImageClassifier(LightningModule):
         self.val_acc_best.persistent(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
+
+    def configure_model(self) -> None:
+        # After the callbacks' setup (which may count the network's FLOPs) and before the first step.
+        if self.compile_network and not is_compiled(self.net):
+            require_compile_support(self.trainer.strategy.root_device)
+            self.net.compile(mode=self.compile_mode)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -85,8 +107,9 @@ class ImageClassifier(LightningModule):
         images, labels = batch
         logits = self(images)
         loss = self.criterion(logits, labels)
-        self.train_loss(loss)
-        self.train_acc(logits, labels)
+        # update(), not forward(): the epoch values are all that is logged, so no per-batch value is computed.
+        self.train_loss.update(loss.detach())
+        self.train_acc.update(logits.detach(), labels)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
@@ -113,9 +136,9 @@ class ImageClassifier(LightningModule):
     ) -> None:
         images, labels = batch
         logits = self(images)
-        loss_metric(self.criterion(logits, labels), weight=len(labels))
-        acc(logits, labels)
-        acc_top5(logits, labels)
+        loss_metric.update(self.criterion(logits, labels), weight=len(labels))
+        acc.update(logits, labels)
+        acc_top5.update(logits, labels)
         self.log(f"{split}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{split}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{split}/acc_top5", acc_top5, on_step=False, on_epoch=True)

@@ -1,0 +1,384 @@
+"""Training throughput of the WideResNet: naive vs on-device data, plain loop vs Lightning, fp32/bf16, eager/compiled.
+
+    python -m wrncifar.bench                    # seed model, batch 512, on the GPU if there is one
+    python -m wrncifar.bench --json bench.json  # also write every number as JSON
+
+Cases (all in one process, on the same synthetic CIFAR-shaped data, timed after warm-up between device syncs):
+  plain/naive      a plain PyTorch loop fed by a DataLoader with PIL transforms (what torchvision's CIFAR100
+                   does), NCHW, eager: the baseline (a)
+  plain/device     the same loop fed by `DeviceBatches` (data on the device), channels_last: (b)
+  lightning/device `Trainer.fit` of the project's `ImageClassifier` on the project's datamodule with
+                   `on_device=True`, channels_last: (c)
+each at fp32 and bf16 autocast, eager and (for the on-device cases) torch.compile. The data pipeline alone is
+timed too: augmented images/s of `DeviceBatches`, and of one DataLoader worker's PIL transforms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.fabric.utilities.throughput import get_available_flops
+from lightning.pytorch import Callback, LightningModule, Trainer
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as v1
+
+from wrncifar.data.arrays import ImageArrays
+from wrncifar.data.cifar100 import CIFAR100DataModule
+from wrncifar.data.transforms import CIFAR100_MEAN, CIFAR100_STD
+from wrncifar.models.classifier import ImageClassifier
+from wrncifar.models.flops import flops_per_image
+from wrncifar.models.optimization import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
+from wrncifar.models.wideresnet import WideResNet
+
+# The datamodule holds out one image per class for validation, unused here.
+VAL_IMAGES = 100
+PRECISIONS = {"fp32": ("32-true", None), "bf16": ("bf16-mixed", torch.bfloat16)}
+
+
+@dataclass(frozen=True)
+class Case:
+    loop: str  # plain | lightning
+    pipeline: str  # naive | device
+    precision: str  # fp32 | bf16
+    compiled: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.loop}/{self.pipeline}/{self.precision}/{'compiled' if self.compiled else 'eager'}"
+
+
+@dataclass
+class Result:
+    case: str
+    images_per_sec: float
+    ms_per_step: float
+    peak_memory_mib: float | None
+    tflops_per_sec: float
+    mfu: float | None
+    vs_naive: float | None = None  # ÷ plain/naive/fp32/eager (a)
+    vs_plain_device: float | None = None  # ÷ the plain loop on the same pipeline, precision and compilation (b)
+    host_syncs: int | None = None  # implicit host–device syncs in the timed Lightning steps (CUDA only)
+
+
+@dataclass
+class Report:
+    device: str
+    torch: str
+    batch_size: int
+    widths: list[int]
+    train_flops_per_image: float
+    results: list[Result] = field(default_factory=list)
+    pipeline_images_per_sec: dict[str, float] = field(default_factory=dict)
+
+
+def all_cases() -> list[Case]:
+    cases = [Case("plain", "naive", p, False) for p in PRECISIONS]
+    for loop in ("plain", "lightning"):
+        cases += [Case(loop, "device", p, c) for c in (False, True) for p in PRECISIONS]
+    return cases
+
+
+class ArraysDataModule(CIFAR100DataModule):
+    """The project's datamodule over given arrays (the benchmark's synthetic images)."""
+
+    def __init__(self, arrays: ImageArrays, **kwargs: object) -> None:
+        super().__init__(download=False, **kwargs)
+        self.arrays = arrays
+
+    def prepare_data(self) -> None:
+        """In memory already."""
+
+    def load_arrays(self) -> ImageArrays:
+        return self.arrays
+
+
+def random_arrays(train_images: int, num_classes: int = 100, seed: int = 0) -> ImageArrays:
+    """Uniform random uint8 images: throughput does not depend on what the pixels show."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(train_images) % num_classes
+    images = rng.integers(0, 256, size=(train_images, 32, 32, 3), dtype=np.uint8)
+    test = rng.integers(0, 256, size=(num_classes, 32, 32, 3), dtype=np.uint8)
+    classes = tuple(f"class_{i}" for i in range(num_classes))
+    return ImageArrays(images, labels, test, np.arange(num_classes), classes)
+
+
+class PILImages(Dataset):
+    """What torchvision's CIFAR100 dataset does per sample: an HWC array → PIL image → v1 transforms."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, labels
+        self.transform = v1.Compose(
+            [
+                v1.RandomCrop(32, padding=4),
+                v1.RandomHorizontalFlip(),
+                v1.ToTensor(),
+                v1.Normalize(CIFAR100_MEAN, CIFAR100_STD),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
+
+
+def forever(batches: Iterable) -> Iterator:
+    while True:
+        yield from batches
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_loop(net: nn.Module, batches: Iterable, device: torch.device, case: Case, warmup: int, steps: int) -> float:
+    """Seconds for `steps` SGD steps after `warmup` steps: forward, loss, backward, step, LR schedule."""
+    optimizer = build_optimizer(net, OptimizerSettings())
+    scheduler = build_scheduler(optimizer, ScheduleSettings(), warmup + steps, steps_per_epoch=100)
+    criterion = nn.CrossEntropyLoss()
+    dtype = PRECISIONS[case.precision][1]
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    memory_format = torch.channels_last if case.pipeline == "device" else torch.contiguous_format
+    batch_iter = forever(batches)
+    start = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        images, labels = next(batch_iter)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
+        with autocast:
+            loss = criterion(net(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+class Stopwatch(Callback):
+    """Times the training steps after `warmup`, between device syncs."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start = 0.0
+        self.seconds = 0.0
+        self.steps = 0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: object, idx: int) -> None:
+        if trainer.global_step == self.warmup:
+            synchronize(pl_module.device)
+            self.start = time.perf_counter()
+            if pl_module.device.type == "cuda":  # from here on, every implicit host–device sync warns
+                torch.cuda.set_sync_debug_mode("warn")
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+        synchronize(pl_module.device)
+        self.seconds = time.perf_counter() - self.start
+        self.steps = trainer.global_step - self.warmup
+
+
+def lightning_fit(
+    net: nn.Module, datamodule: CIFAR100DataModule, device: torch.device, case: Case, warmup: int, steps: int
+) -> tuple[float, int | None]:
+    """Seconds for `steps` steps of `Trainer.fit` after `warmup`, and the implicit host–device syncs in them."""
+    model = ImageClassifier(net, channels_last=True, compile=case.compiled)
+    stopwatch = Stopwatch(warmup)
+    trainer = Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision=PRECISIONS[case.precision][0],
+        max_steps=warmup + steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[stopwatch],
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, datamodule=datamodule)
+    syncs = [w for w in caught if "synchronizing" in str(w.message)]
+    for w in syncs[:3]:
+        print(f"host-device sync in a timed Lightning step: {w.filename}:{w.lineno}: {w.message}")
+    if stopwatch.steps != steps:
+        raise RuntimeError(f"Lightning ran {stopwatch.steps} timed steps, expected {steps}")
+    return stopwatch.seconds, len(syncs) if device.type == "cuda" else None
+
+
+def time_case(
+    case: Case, args: argparse.Namespace, datamodule: CIFAR100DataModule, device: torch.device
+) -> tuple[float, int | None]:
+    torch.manual_seed(0)
+    net = WideResNet(num_classes=100, widths=args.widths, blocks_per_stage=args.blocks_per_stage).to(device)
+    if case.loop == "lightning":
+        return lightning_fit(net, datamodule, device, case, args.warmup, args.steps)
+    if case.pipeline == "device":
+        net = net.to(memory_format=torch.channels_last)
+        batches: Iterable = datamodule.device_batches(datamodule.train_set, args.batch_size, True, device)
+    else:
+        train = datamodule.train_set
+        batches = DataLoader(
+            PILImages(train.images.permute(0, 2, 3, 1).numpy(), train.labels.numpy()),
+            batch_size=args.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=args.workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=args.workers > 0,
+        )
+    if case.compiled:
+        net.compile()
+    return plain_loop(net, batches, device, case, args.warmup, args.steps), None
+
+
+def pipeline_rates(datamodule: CIFAR100DataModule, device: torch.device, batch_size: int) -> dict[str, float]:
+    """Augmented images/s of the data pipelines alone."""
+    batches = datamodule.device_batches(datamodule.train_set, batch_size, True, device)
+    for _ in zip(range(2), batches, strict=False):  # warm-up
+        pass
+    synchronize(device)
+    start = time.perf_counter()
+    count = sum(len(labels) for _, labels in batches)
+    synchronize(device)
+    rates = {f"on-device ({device.type})": count / (time.perf_counter() - start)}
+    train = datamodule.train_set
+    pil = PILImages(train.images[:2000].permute(0, 2, 3, 1).numpy(), train.labels[:2000].numpy())
+    start = time.perf_counter()
+    for i in range(len(pil)):
+        pil[i]
+    rates["PIL per DataLoader worker (cpu)"] = len(pil) / (time.perf_counter() - start)
+    return rates
+
+
+def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> Report:
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls, as the project's runs set it
+    datamodule = ArraysDataModule(
+        random_arrays(args.train_images + VAL_IMAGES),
+        batch_size=args.batch_size,
+        drop_last=True,
+        on_device=True,
+        num_workers=0,
+        val_per_class=VAL_IMAGES // 100,
+    )
+    datamodule.setup("fit")
+    net = WideResNet(num_classes=100, widths=args.widths, blocks_per_stage=args.blocks_per_stage)
+    report = Report(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        torch=torch.__version__,
+        batch_size=args.batch_size,
+        widths=list(args.widths),
+        train_flops_per_image=flops_per_image(net, train=True),
+    )
+    report.pipeline_images_per_sec = pipeline_rates(datamodule, device, args.batch_size)
+    for case in [c for c in all_cases() if any(pattern in c.name for pattern in args.cases)]:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        torch._dynamo.reset()
+        seconds, syncs = time_case(case, args, datamodule, device)
+        images_per_sec = args.steps * args.batch_size / seconds
+        tflops = images_per_sec * report.train_flops_per_image / 1e12
+        peak = get_available_flops(device, PRECISIONS[case.precision][1] or torch.float32)
+        report.results.append(
+            Result(
+                case=case.name,
+                images_per_sec=images_per_sec,
+                ms_per_step=1000 * seconds / args.steps,
+                peak_memory_mib=torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+                tflops_per_sec=tflops,
+                mfu=tflops * 1e12 / peak if peak else None,
+                host_syncs=syncs,
+            )
+        )
+        progress(f"{case.name}: {images_per_sec:,.0f} images/s")
+    add_ratios(report.results)
+    return report
+
+
+def add_ratios(results: list[Result]) -> None:
+    by_name = {r.case: r for r in results}
+    naive = by_name.get("plain/naive/fp32/eager")
+    for r in results:
+        if naive:
+            r.vs_naive = r.images_per_sec / naive.images_per_sec
+        plain = by_name.get(r.case.replace("lightning/", "plain/"))
+        if "/device/" in r.case and plain:
+            r.vs_plain_device = r.images_per_sec / plain.images_per_sec
+
+
+def markdown(report: Report) -> str:
+    def num(value: float | None, fmt: str) -> str:
+        return "–" if value is None else format(value, fmt)
+
+    lines = [
+        f"Device: {report.device}; torch {report.torch}; batch {report.batch_size}; widths {report.widths}; "
+        f"{report.train_flops_per_image / 1e9:.2f} GFLOP per training image",
+        "",
+        "| case | images/s | ms/step | peak memory (MiB) | TFLOP/s | MFU | × (a) naive | × (b) plain | syncs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in report.results:
+        lines.append(
+            f"| {r.case} | {r.images_per_sec:,.0f} | {r.ms_per_step:.1f} | {num(r.peak_memory_mib, ',.0f')} | "
+            f"{r.tflops_per_sec:.3g} | {num(r.mfu, '.1%')} | {num(r.vs_naive, '.2f')} | "
+            f"{num(r.vs_plain_device, '.3f')} | {num(r.host_syncs, 'd')} |"
+        )
+    lines += ["", "| data pipeline alone | augmented images/s |", "| --- | ---: |"]
+    lines += [f"| {name} | {rate:,.0f} |" for name, rate in report.pipeline_images_per_sec.items()]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m wrncifar.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto", help="auto (cuda if present), cuda, cuda:1, cpu")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per case")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--workers", type=int, default=8, help="DataLoader workers of the naive pipeline")
+    parser.add_argument("--train-images", type=int, default=45_000, help="CIFAR-100's training split by default")
+    parser.add_argument("--widths", type=int, nargs=4, default=[16, 160, 320, 640], help="the seed's by default")
+    parser.add_argument("--blocks-per-stage", type=int, default=2)
+    parser.add_argument("--cases", nargs="+", default=[""], help="run the cases whose name contains one of these")
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    args = parser.parse_args(argv)
+    if min(args.batch_size, args.steps) < 1 or min(args.warmup, args.workers) < 0:
+        parser.error("--batch-size and --steps must be positive; --warmup and --workers >= 0")
+    if args.train_images < args.batch_size + VAL_IMAGES:
+        parser.error(f"--train-images must be at least --batch-size + {VAL_IMAGES}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    report = run(args)
+    print(markdown(report))
+    if args.json:
+        args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Training speed: images/s on the progress bar without host–device syncs, and Lightning's ThroughputMonitor
+with the network's measured FLOPs (TFLOP/s, MFU)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ThroughputMonitor
+
+from wrncifar.models.flops import flops_per_image
+
+
+def images_in_batch(batch: Any) -> int:
+    """The number of images of an (images, labels) batch."""
+    return len(batch[0])
+
+
+class ImagesPerSecond(Callback):
+    """Logs `train/images_per_sec` (progress bar and loggers), averaged over windows of `window` steps.
+
+    Reads the host clock only: a GPU runs ahead of the host by a bounded queue, so over a window the host's
+    rate is the device's rate, and no step waits for the device.
+    """
+
+    def __init__(self, window: int = 50) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = window
+        self._start: float | None = None
+        self._images = 0
+        self._steps = 0
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start, self._images, self._steps = None, 0, 0  # validation time is not training time
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        now = time.perf_counter()
+        if self._start is None:  # the first step of an epoch waits for data and, once, for compilation
+            self._start = now
+            return
+        self._images += images_in_batch(batch)
+        self._steps += 1
+        if self._steps == self.window:
+            rate = self._images / (now - self._start)
+            pl_module.log("train/images_per_sec", rate, on_step=True, on_epoch=False, prog_bar=True)
+            self._start, self._images, self._steps = now, 0, 0
+
+
+class ImageThroughputMonitor(ThroughputMonitor):
+    """Lightning's ThroughputMonitor for image batches: logs images/s, batches/s, TFLOP/s and MFU.
+
+    The FLOPs come from `flops_per_image` of `pl_module.net` (forward + backward in training, forward in
+    evaluation). It synchronises the device at every step, so it costs a little speed: for measuring.
+    `window_size` (steps averaged) and `separator` pass through to Lightning's `Throughput`.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(batch_size_fn=images_in_batch, **kwargs)
+        self.train_flops_per_image: float | None = None
+        self.eval_flops_per_image: float | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.train_flops_per_image is None:  # counted before the network is compiled (configure_model)
+            net = pl_module.net
+            self.train_flops_per_image = flops_per_image(net, train=True)
+            self.eval_flops_per_image = flops_per_image(net, train=False)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        pl_module.flops_per_batch = self.train_flops_per_image * images_in_batch(batch)
+
+    def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, *args: Any) -> None:
+        pl_module.flops_per_batch = self.eval_flops_per_image * images_in_batch(batch)
+
+    on_test_batch_start = on_validation_batch_start

@@ -1,0 +1,192 @@
+"""Batches cut from image tensors that live on the training device, augmented there: no loader workers.
+
+A GPU trains the seed WideResNet faster than CPU workers can crop, flip and normalise images, so with
+`data.on_device=true` the uint8 images (150 MiB for all of CIFAR-100) sit in device memory and each batch is
+gathered, cropped, flipped and normalised by a few tensor operations on the device. The augmentation has the
+distribution of the CPU path (`transforms.train_transform`): crop offsets uniform over the (2p+1)² positions of
+the zero-padded image, flips with probability 1/2.
+
+The order and augmentation of an epoch are drawn at its start from a generator seeded by (seed, epoch), so
+an epoch is a pure function of both; with the number of batches already served this is the loader's whole
+state (`state_dict`), which Lightning saves in checkpoints, so a resumed run continues the same permutation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.nn import functional
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EpochDraw:
+    """One epoch's sample order and per-sample augmentation: crop offsets in [0, 2p] and flips."""
+
+    order: torch.Tensor
+    dy: torch.Tensor
+    dx: torch.Tensor
+    flip: torch.Tensor
+
+
+class EpochSampler:
+    """The shuffled order and augmentation of each epoch, drawn from (seed, epoch).
+
+    Named and shaped like a sampler so that Lightning's `set_epoch` call reaches it at every epoch start.
+    """
+
+    def __init__(self, seed: int, shuffle: bool, crop_padding: int, flip: bool) -> None:
+        self.seed = seed
+        self.shuffle = shuffle
+        self.crop_padding = crop_padding
+        self.flip = flip
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def draw(self, n: int, device: torch.device) -> EpochDraw:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(hash((self.seed, self.epoch)) & 0x7FFF_FFFF_FFFF_FFFF)
+        order = torch.randperm(n, generator=gen, device=device) if self.shuffle else torch.arange(n, device=device)
+        positions = 2 * self.crop_padding + 1
+        dy = torch.randint(positions, (n,), generator=gen, device=device)
+        dx = torch.randint(positions, (n,), generator=gen, device=device)
+        if self.flip:
+            flip = torch.rand(n, generator=gen, device=device) < 0.5
+        else:
+            flip = torch.zeros(n, dtype=torch.bool, device=device)
+        return EpochDraw(order, dy, dx, flip)
+
+
+def crop_and_flip(
+    images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor
+) -> torch.Tensor:
+    """Per-sample crops at offsets (dy, dx) of the zero-padded batch, mirrored where `flip`; one gather."""
+    n, c, h, w = images.shape
+    padded = functional.pad(images, (padding, padding, padding, padding))
+    device = images.device
+    rows = dy[:, None] + torch.arange(h, device=device)  # n × h
+    cols = dx[:, None] + torch.arange(w, device=device)  # n × w
+    cols = torch.where(flip[:, None], cols.flip(1), cols)  # a mirrored crop reads its columns right to left
+    batch_idx = torch.arange(n, device=device)[:, None, None, None]
+    chan_idx = torch.arange(c, device=device)[None, :, None, None]
+    return padded[batch_idx, chan_idx, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class DeviceBatches:
+    """An iterable of normalised (images, labels) batches from uint8 N×C×H×W images on one device.
+
+    Args:
+        images: uint8 images, N×C×H×W, on the device that trains.
+        labels: int64 labels, N, on the same device.
+        batch_size: images per batch.
+        mean, std: per-channel normalisation on the 0–1 scale.
+        train: shuffle and augment (crop from `crop_padding` zero padding, flips) each epoch.
+        crop_padding, flip: the augmentation when `train`.
+        seed: seed of the epochs' order and augmentation.
+        drop_last: drop the last incomplete batch.
+        rank, world_size: under DDP each process takes every world_size-th sample of the epoch's order
+            (in training, the same number per process).
+    """
+
+    batch_sampler = None  # DataLoader's attribute, read by Lightning next to `sampler`: batches are cut here
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        train: bool = False,
+        crop_padding: int = 4,
+        flip: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 N×C×H×W, got {images.dtype} with shape {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = labels
+        self.batch_size = batch_size
+        self.train = train
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.sampler = EpochSampler(seed, shuffle=train, crop_padding=crop_padding if train else 0, flip=flip and train)
+        # x / 255 → (x - mean) / std as one multiply-add: x · scale + shift.
+        std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -mean_t / std_t
+        self.position = 0  # batches served in the current epoch
+        self._resume_position: int | None = None
+
+    @property
+    def samples_per_rank(self) -> int:
+        n = len(self.labels)
+        # Training ranks must run the same number of steps; evaluation keeps every sample.
+        return n // self.world_size if self.train else len(range(self.rank, n, self.world_size))
+
+    def __len__(self) -> int:
+        n = self.samples_per_rank
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        # A generator: its body runs at the first next(), after Lightning's set_epoch of this epoch.
+        start, self._resume_position = self._resume_position or 0, None
+        self.position = start
+        draw = self.sampler.draw(len(self.labels), self.images.device)
+        per_rank = self.samples_per_rank
+        mine = slice(self.rank, self.rank + per_rank * self.world_size, self.world_size)
+        order, dy, dx, flip = draw.order[mine], draw.dy[mine], draw.dx[mine], draw.flip[mine]
+        for step in range(start, len(self)):
+            take = slice(step * self.batch_size, (step + 1) * self.batch_size)
+            index = order[take]
+            images = self.images[index]
+            if self.train and (self.sampler.crop_padding or self.sampler.flip):
+                images = crop_and_flip(images, self.sampler.crop_padding, dy[take], dx[take], flip[take])
+            # Counted before the yield: a checkpoint taken while this batch trains resumes after it.
+            self.position = step + 1
+            yield images.float().mul_(self.scale).add_(self.shift), self.labels[index]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.sampler.seed, "epoch": self.sampler.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.seed = int(state["seed"])
+        self.sampler.epoch = int(state["epoch"])
+        position = int(state["position"])
+        # A checkpoint taken at the end of an epoch resumes at the start of the next one.
+        self._resume_position = position if position < len(self) else None
+
+
+class DeviceMemoryError(RuntimeError):
+    """The dataset does not fit in the accelerator's memory next to the model."""
+
+
+# Share of the free device memory the images may take; the rest is for the model, activations and optimizer.
+MAX_DATA_SHARE = 0.5
+
+
+def check_fits_on_device(required_bytes: int, device: torch.device) -> None:
+    """Raise DeviceMemoryError, with the sizes, when `required_bytes` exceed MAX_DATA_SHARE of the free memory."""
+    if device.type != "cuda":
+        return  # CPU tensors stay where they are; other accelerators report no free memory
+    free, total = torch.cuda.mem_get_info(device)
+    if required_bytes > MAX_DATA_SHARE * free:
+        mib = 2**20
+        raise DeviceMemoryError(
+            f"data.on_device=true needs {required_bytes / mib:,.0f} MiB of {device} memory for the images, more than "
+            f"{MAX_DATA_SHARE:.0%} of the {free / mib:,.0f} MiB free (of {total / mib:,.0f} MiB) that training can "
+            "spare; set data.on_device=false to keep them in host memory with loader workers"
+        )
