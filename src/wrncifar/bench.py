@@ -81,6 +81,7 @@ class Report:
     train_flops_per_image: float
     results: list[Result] = field(default_factory=list)
     pipeline_images_per_sec: dict[str, float] = field(default_factory=dict)
+    profile: str = ""
 
 
 def all_cases() -> list[Case]:
@@ -145,7 +146,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plain_loop(net: nn.Module, batches: Iterable, device: torch.device, case: Case, warmup: int, steps: int) -> float:
+def plain_loop(
+    net: nn.Module,
+    batches: Iterable,
+    device: torch.device,
+    case: Case,
+    warmup: int,
+    steps: int,
+    after_step: Callable[[], None] | None = None,
+) -> float:
     """Seconds for `steps` SGD steps after `warmup` steps: forward, loss, backward, step, LR schedule."""
     optimizer = build_optimizer(net, OptimizerSettings())
     scheduler = build_scheduler(optimizer, ScheduleSettings(), warmup + steps, steps_per_epoch=100)
@@ -168,6 +177,8 @@ def plain_loop(net: nn.Module, batches: Iterable, device: torch.device, case: Ca
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
+        if after_step:
+            after_step()
     synchronize(device)
     return time.perf_counter() - start
 
@@ -227,7 +238,11 @@ def lightning_fit(
 
 
 def time_case(
-    case: Case, args: argparse.Namespace, datamodule: CIFAR100DataModule, device: torch.device
+    case: Case,
+    args: argparse.Namespace,
+    datamodule: CIFAR100DataModule,
+    device: torch.device,
+    after_step: Callable[[], None] | None = None,
 ) -> tuple[float, int | None]:
     torch.manual_seed(0)
     net = WideResNet(num_classes=100, widths=args.widths, blocks_per_stage=args.blocks_per_stage).to(device)
@@ -249,7 +264,7 @@ def time_case(
         )
     if case.compiled:
         net.compile()
-    return plain_loop(net, batches, device, case, args.warmup, args.steps), None
+    return plain_loop(net, batches, device, case, args.warmup, args.steps, after_step), None
 
 
 def pipeline_rates(datamodule: CIFAR100DataModule, device: torch.device, batch_size: int) -> dict[str, float]:
@@ -269,6 +284,34 @@ def pipeline_rates(datamodule: CIFAR100DataModule, device: torch.device, batch_s
         pil[i]
     rates["PIL per DataLoader worker (cpu)"] = len(pil) / (time.perf_counter() - start)
     return rates
+
+
+def top_kernels(case: Case, args: argparse.Namespace, datamodule: CIFAR100DataModule, device: torch.device) -> str:
+    """Where a plain-loop case spends its device time: the kernels of `args.steps` steps after warm-up."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    torch._dynamo.reset()
+    with profile(activities=activities, schedule=schedule(wait=args.warmup, warmup=1, active=args.steps)) as prof:
+        time_case(case, replace_args(args, warmup=args.warmup + 1), datamodule, device, after_step=prof.step)
+    events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
+    kernels = [e for e in events if e.self_device_time_total > 0] or events
+    kernels.sort(key=lambda e: e.self_device_time_total or e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_device_time_total or e.self_cpu_time_total for e in kernels)
+    lines = [
+        f"Top kernels of {case.name} ({args.steps} steps)",
+        "",
+        "| share | calls | kernel |",
+        "| ---: | ---: | --- |",
+    ]
+    for e in kernels[:15]:
+        share = (e.self_device_time_total or e.self_cpu_time_total) / total
+        lines.append(f"| {share:.1%} | {e.count} | `{e.key[:90]}` |")
+    return "\n".join(lines)
+
+
+def replace_args(args: argparse.Namespace, **changes: object) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), **changes})
 
 
 def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> Report:
@@ -316,7 +359,16 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> Re
         )
         progress(f"{case.name}: {images_per_sec:,.0f} images/s")
     add_ratios(report.results)
+    if args.profile:
+        report.profile = top_kernels(case_named(args.profile), args, datamodule, device)
     return report
+
+
+def case_named(name: str) -> Case:
+    for case in all_cases():
+        if case.name == name and case.loop == "plain":
+            return case
+    raise ValueError(f"--profile takes a plain-loop case name like plain/device/bf16/compiled, got {name!r}")
 
 
 def add_ratios(results: list[Result]) -> None:
@@ -349,6 +401,8 @@ def markdown(report: Report) -> str:
         )
     lines += ["", "| data pipeline alone | augmented images/s |", "| --- | ---: |"]
     lines += [f"| {name} | {rate:,.0f} |" for name, rate in report.pipeline_images_per_sec.items()]
+    if report.profile:
+        lines += ["", report.profile]
     return "\n".join(lines)
 
 
@@ -363,8 +417,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--widths", type=int, nargs=4, default=[16, 160, 320, 640], help="the seed's by default")
     parser.add_argument("--blocks-per-stage", type=int, default=2)
     parser.add_argument("--cases", nargs="+", default=[""], help="run the cases whose name contains one of these")
+    parser.add_argument("--profile", metavar="CASE", help="also list the top kernels of this plain-loop case")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
+    if args.profile:
+        try:
+            case_named(args.profile)
+        except ValueError as err:
+            parser.error(str(err))
     if min(args.batch_size, args.steps) < 1 or min(args.warmup, args.workers) < 0:
         parser.error("--batch-size and --steps must be positive; --warmup and --workers >= 0")
     if args.train_images < args.batch_size + VAL_IMAGES:

@@ -74,13 +74,12 @@ class ImageClassifier(LightningModule):
         self.class_names: tuple[str, ...] = ()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
+        # Metrics accumulate on the device with no host sync per step: torchmetrics' NaN check (`.any()`) and
+        # label validation (`torch.unique`) would each wait for the GPU. Labels are checked where data is loaded.
+        self.train_loss, self.val_loss, self.test_loss = (MeanMetric(nan_strategy="disable") for _ in range(3))
+        self.train_acc, self.val_acc, self.test_acc = (accuracy(num_classes, top_k=1) for _ in range(3))
         top5 = min(5, num_classes)
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
-        self.train_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
-        self.test_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self.val_acc_top5, self.test_acc_top5 = (accuracy(num_classes, top_k=top5) for _ in range(2))
         # Persistent: saved in checkpoints, so a resumed run keeps the best accuracy of the epochs before it.
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)
@@ -136,7 +135,11 @@ class ImageClassifier(LightningModule):
     ) -> None:
         images, labels = batch
         logits = self(images)
-        loss_metric.update(self.criterion(logits, labels), weight=len(labels))
+        # Per-image losses: their mean over the epoch weighs every image alike, whatever the batch sizes.
+        losses = nn.functional.cross_entropy(
+            logits, labels, label_smoothing=self.criterion.label_smoothing, reduction="none"
+        )
+        loss_metric.update(losses)
         acc.update(logits, labels)
         acc_top5.update(logits, labels)
         self.log(f"{split}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True)
@@ -150,6 +153,10 @@ class ImageClassifier(LightningModule):
         steps_per_epoch = total_steps / epochs if epochs and epochs > 0 else float(total_steps)
         scheduler = build_scheduler(optimizer, self.schedule_settings, total_steps, steps_per_epoch)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def accuracy(num_classes: int, top_k: int) -> MulticlassAccuracy:
+    return MulticlassAccuracy(num_classes, top_k=top_k, average="micro", validate_args=False)
 
 
 def _settings(cls: type, value: object) -> Any:
