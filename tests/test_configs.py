@@ -96,8 +96,12 @@ def test_callbacks_none_also_switches_off_lightnings_implicit_checkpoint(make_co
     assert trainer.checkpoint_callback is None
 
 
+DEFAULT_CALLBACKS = {"ModelCheckpoint", "LearningRateMonitor", "RichProgressBar", "RichModelSummary", "ImagesPerSecond"}
 EXPECTED_CALLBACKS = {
-    "default": {"ModelCheckpoint", "LearningRateMonitor", "RichProgressBar", "RichModelSummary"},
+    "default": DEFAULT_CALLBACKS,
+    "throughput": DEFAULT_CALLBACKS | {"ImageThroughputMonitor"},
+    "throughput_monitor": {"ImageThroughputMonitor"},
+    "images_per_second": {"ImagesPerSecond"},
     "model_checkpoint": {"ModelCheckpoint"},
     "lr_monitor": {"LearningRateMonitor"},
     "rich_progress_bar": {"RichProgressBar"},

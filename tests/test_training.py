@@ -31,6 +31,15 @@ def test_training_learns_far_above_chance(trained_run: Path) -> None:
 
 
 @pytest.mark.slow
+def test_on_device_data_learns_like_the_loader_workers(make_config, trained_run: Path) -> None:
+    cfg = make_config([*TINY_SYNTHETIC, f"trainer.max_epochs={TRAINED_EPOCHS}", "data.on_device=true", "logger=null"])
+    metrics = train(cfg)
+    assert metrics["val/acc"] > 20 * CHANCE
+    # Same data, model and augmentation distribution: within a few points of the CPU-transform run.
+    assert metrics["val/acc"] == pytest.approx(last_logged(read_metrics(trained_run), "val/acc"), abs=0.1)
+
+
+@pytest.mark.slow
 def test_training_writes_checkpoints_that_load_with_weights_only(trained_run: Path) -> None:
     names = {p.name for p in (trained_run / "checkpoints").glob("*.ckpt")}
     assert "last.ckpt" in names and len(names) == 2  # last + best by val/acc

@@ -42,8 +42,6 @@ from wrncifar.models.flops import flops_per_image
 from wrncifar.models.optimization import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
 from wrncifar.models.wideresnet import WideResNet
 
-# The datamodule holds out one image per class for validation, unused here.
-VAL_IMAGES = 100
 PRECISIONS = {"fp32": ("32-true", None), "bf16": ("bf16-mixed", torch.bfloat16)}
 
 
@@ -106,10 +104,11 @@ class ArraysDataModule(CIFAR100DataModule):
 
 
 def random_arrays(train_images: int, num_classes: int = 100, seed: int = 0) -> ImageArrays:
-    """Uniform random uint8 images: throughput does not depend on what the pixels show."""
+    """Uniform random uint8 images (throughput does not depend on what the pixels show): `train_images` for
+    training plus one per class that the datamodule's split holds out for validation."""
     rng = np.random.default_rng(seed)
-    labels = np.arange(train_images) % num_classes
-    images = rng.integers(0, 256, size=(train_images, 32, 32, 3), dtype=np.uint8)
+    labels = np.concatenate([np.arange(num_classes), np.arange(train_images) % num_classes])
+    images = rng.integers(0, 256, size=(len(labels), 32, 32, 3), dtype=np.uint8)
     test = rng.integers(0, 256, size=(num_classes, 32, 32, 3), dtype=np.uint8)
     classes = tuple(f"class_{i}" for i in range(num_classes))
     return ImageArrays(images, labels, test, np.arange(num_classes), classes)
@@ -319,12 +318,12 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> Re
     torch.backends.cudnn.benchmark = True
     torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls, as the project's runs set it
     datamodule = ArraysDataModule(
-        random_arrays(args.train_images + VAL_IMAGES),
+        random_arrays(args.train_images),
         batch_size=args.batch_size,
         drop_last=True,
         on_device=True,
         num_workers=0,
-        val_per_class=VAL_IMAGES // 100,
+        val_per_class=1,
     )
     datamodule.setup("fit")
     net = WideResNet(num_classes=100, widths=args.widths, blocks_per_stage=args.blocks_per_stage)
@@ -427,8 +426,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(str(err))
     if min(args.batch_size, args.steps) < 1 or min(args.warmup, args.workers) < 0:
         parser.error("--batch-size and --steps must be positive; --warmup and --workers >= 0")
-    if args.train_images < args.batch_size + VAL_IMAGES:
-        parser.error(f"--train-images must be at least --batch-size + {VAL_IMAGES}")
+    if args.train_images < max(args.batch_size, 100):
+        parser.error("--train-images must be at least 100 (one per class) and at least --batch-size")
     return args
 
 

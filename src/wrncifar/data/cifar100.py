@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,6 +105,8 @@ class CIFAR100DataModule(LightningDataModule):
         self.train_set: ImageDataset | None = None
         self.val_set: ImageDataset | None = None
         self.test_set: ImageDataset | None = None
+        self.train_batches: DeviceBatches | None = None  # the on-device training loader, once built
+        self._train_batches_state: dict[str, Any] | None = None  # its position from a checkpoint, until then
 
     def prepare_data(self) -> None:
         prepare_cifar100(self.data_dir, self.download)
@@ -125,7 +128,23 @@ class CIFAR100DataModule(LightningDataModule):
             check_fits_on_device(sum(d.images.nbytes + d.labels.nbytes for d in sets), self._device())
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
-        return self._loader(self.train_set, self.batch_size, train=True)
+        loader = self._loader(self.train_set, self.batch_size, train=True)
+        if isinstance(loader, DeviceBatches):
+            if self._train_batches_state is not None:
+                loader.load_state_dict(self._train_batches_state)
+                self._train_batches_state = None
+            self.train_batches = loader
+        return loader
+
+    # The on-device loader's position travels in the checkpoint through the datamodule's state. Lightning also
+    # saves stateful loaders with its loops, but restores them only after `configure_optimizers` has built the
+    # loader (to count the steps), too late to apply (Lightning issue #20550); the datamodule's state is
+    # restored before that.
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_batches": self.train_batches.state_dict()} if self.train_batches else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._train_batches_state = state_dict.get("train_batches")
 
     def val_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.val_set, self.eval_batch_size, train=False)
@@ -153,6 +172,11 @@ class CIFAR100DataModule(LightningDataModule):
     ) -> DeviceBatches:
         """`dataset` on `device` as `DeviceBatches` with this module's augmentation, sharded by the trainer's rank."""
         trainer = self.trainer
+        # From the global generator, so `seed=` fixes it; every DDP rank takes rank 0's, so that their shards
+        # of one shared permutation are disjoint even in an unseeded run. Checkpoints store the seed in use.
+        seed = int(torch.randint(2**62, ()).item())
+        if trainer is not None and train:
+            seed = trainer.strategy.broadcast(seed, src=0)
         return DeviceBatches(
             dataset.images.to(device),
             dataset.labels.to(device),
@@ -162,8 +186,7 @@ class CIFAR100DataModule(LightningDataModule):
             train=train,
             crop_padding=self.crop_padding,
             flip=self.flip,
-            # From the global generator, so `seed=` fixes it; a checkpoint stores the seed in use.
-            seed=int(torch.randint(2**62, ()).item()),
+            seed=seed,
             drop_last=self.drop_last and train,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from wrncifar.bench import all_cases, main
+
+TINY = ["--device", "cpu", "--batch-size", "16", "--steps", "2", "--warmup", "1", "--workers", "0"]
+TINY += ["--train-images", "128", "--widths", "4", "8", "8", "8", "--blocks-per-stage", "1"]
+
+
+def test_cases_cover_both_loops_pipelines_precisions_and_compilation() -> None:
+    names = {c.name for c in all_cases()}
+    assert {"plain/naive/fp32/eager", "plain/naive/bf16/eager"} <= names
+    for loop in ("plain", "lightning"):
+        for precision in ("fp32", "bf16"):
+            for mode in ("eager", "compiled"):
+                assert f"{loop}/device/{precision}/{mode}" in names
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_measures_every_eager_case_and_writes_its_report(tmp_path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    main([*TINY, "--cases", "eager", "--profile", "plain/device/fp32/eager", "--json", str(out)])
+    report = json.loads(out.read_text())
+    results = {r["case"]: r for r in report["results"]}
+    assert set(results) == {c.name for c in all_cases() if not c.compiled}
+    naive = results["plain/naive/fp32/eager"]["images_per_sec"]
+    for r in results.values():
+        assert r["images_per_sec"] > 0 and r["ms_per_step"] > 0
+        assert r["ms_per_step"] == pytest.approx(1000 * 16 / r["images_per_sec"])
+        assert r["tflops_per_sec"] == pytest.approx(r["images_per_sec"] * report["train_flops_per_image"] / 1e12)
+        assert r["vs_naive"] == pytest.approx(r["images_per_sec"] / naive)
+        assert r["peak_memory_mib"] is None and r["mfu"] is None  # CPU: no device memory, no known peak
+    lightning, plain = results["lightning/device/bf16/eager"], results["plain/device/bf16/eager"]
+    assert lightning["vs_plain_device"] == pytest.approx(lightning["images_per_sec"] / plain["images_per_sec"])
+    assert results["plain/naive/fp32/eager"]["vs_plain_device"] is None
+    assert set(report["pipeline_images_per_sec"]) == {"on-device (cpu)", "PIL per DataLoader worker (cpu)"}
+    assert "Top kernels of plain/device/fp32/eager" in report["profile"]
+    printed = capsys.readouterr().out
+    assert "| plain/naive/fp32/eager |" in printed and "| data pipeline alone |" in printed
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "0"], "must be positive"),
+        (["--train-images", "99"], "--train-images must be at least 100"),
+        (["--profile", "lightning/device/bf16/eager"], "plain-loop case name"),
+    ],
+)
+def test_bad_arguments_exit_with_a_usage_message(args, message, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*TINY, *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+from lightning.pytorch import Trainer
+
+from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
+from wrncifar.models.classifier import ImageClassifier
+from wrncifar.models.compilation import CompileUnavailableError, is_compiled, require_compile_support
+from wrncifar.models.wideresnet import WideResNet
+
+
+def small_net() -> WideResNet:
+    return WideResNet(num_classes=10, widths=[4, 8, 8, 8], blocks_per_stage=1)
+
+
+def tiny_data() -> SyntheticCIFAR100DataModule:
+    return SyntheticCIFAR100DataModule(
+        num_classes=10, train_per_class=4, test_per_class=2, val_per_class=1, batch_size=8, num_workers=0
+    )
+
+
+def cpu_trainer(tmp_path, **kwargs) -> Trainer:
+    return Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
+
+
+@pytest.mark.slow
+def test_compiled_checkpoint_loads_into_an_uncompiled_model_and_back(tmp_path) -> None:
+    torch.manual_seed(0)
+    compiled = ImageClassifier(small_net(), compile=True)
+    cpu_trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(compiled, datamodule=tiny_data())
+    assert is_compiled(compiled.net)
+    ckpt = tmp_path / "compiled.ckpt"
+    compiled.trainer.save_checkpoint(ckpt)
+
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert not [k for k in state if "_orig_mod" in k]
+    plain = ImageClassifier(small_net())
+    plain.load_state_dict(state, strict=True)
+    images = torch.randn(4, 3, 32, 32)
+    compiled.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(images), plain(images), rtol=1e-4, atol=1e-5)
+
+    # And back: the same weights tested by a compiled model give the uncompiled model's metrics.
+    results = []
+    for module in (ImageClassifier(small_net()), ImageClassifier(small_net(), compile=True)):
+        results.append(cpu_trainer(tmp_path).test(module, datamodule=tiny_data(), ckpt_path=ckpt, weights_only=True))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+
+
+def test_compile_without_dynamo_support_says_how_to_turn_it_off(monkeypatch) -> None:
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    with pytest.raises(CompileUnavailableError, match=r"model\.compile=false"):
+        ImageClassifier(small_net(), compile=True)
+    ImageClassifier(small_net(), compile=False)  # the default needs nothing
+
+
+def test_compile_on_cuda_without_triton_says_so(monkeypatch) -> None:
+    import torch.utils._triton
+
+    monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: False)
+    with pytest.raises(CompileUnavailableError, match=r"needs Triton.*model\.compile=false"):
+        require_compile_support(torch.device("cuda"))
+    require_compile_support(torch.device("cpu"))
+
+
+def test_uncompiled_network_is_not_reported_compiled() -> None:
+    net = small_net()
+    assert not is_compiled(net)
+    net.compile()
+    assert is_compiled(net)
