@@ -287,6 +287,7 @@ def pipeline_rates(datamodule: CIFAR100DataModule, device: torch.device, batch_s
 
 def top_kernels(case: Case, args: argparse.Namespace, datamodule: CIFAR100DataModule, device: torch.device) -> str:
     """Where a plain-loop case spends its device time: the kernels of `args.steps` steps after warm-up."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile, schedule
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -294,7 +295,8 @@ def top_kernels(case: Case, args: argparse.Namespace, datamodule: CIFAR100DataMo
     with profile(activities=activities, schedule=schedule(wait=args.warmup, warmup=1, active=args.steps)) as prof:
         time_case(case, replace_args(args, warmup=args.warmup + 1), datamodule, device, after_step=prof.step)
     events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
-    kernels = [e for e in events if e.self_device_time_total > 0] or events
+    # On a GPU the device kernels alone (operators would count their kernels' time twice); on a CPU the operators.
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA] or events
     kernels.sort(key=lambda e: e.self_device_time_total or e.self_cpu_time_total, reverse=True)
     total = sum(e.self_device_time_total or e.self_cpu_time_total for e in kernels)
     lines = [
