@@ -10,7 +10,8 @@ import hydra
 from omegaconf import DictConfig
 
 from wrncifar.cli_overrides import null_group_overrides
-from wrncifar.entry import run
+from wrncifar.entry import exit_on_user_error, run
+from wrncifar.resuming import resume_overrides
 from wrncifar.training import train_for_sweep
 
 # `paths.root_dir` resolves to the checkout holding this file, wherever the command is run from.
@@ -23,5 +24,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = null_group_overrides(sys.argv[1:])
+    sys.argv[1:] = exit_on_user_error(lambda: resume_overrides(null_group_overrides(sys.argv[1:])))
     main()

@@ -141,3 +141,49 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return run_dir
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    """The best-by-val/acc checkpoint of a run (its only `epoch_*.ckpt`)."""
+    (best,) = (run_dir / "checkpoints").glob("epoch_*.ckpt")
+    return best
+
+
+@pytest.fixture(scope="session")
+def evaluated_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of `python src/eval.py eval.tta=flip` on `trained_run`'s best checkpoint: its
+    `test_metrics.json`, and the evaluation report in `report/`."""
+    eval_dir = tmp_path_factory.mktemp("eval")
+    args = [
+        f"ckpt_path={best_checkpoint(trained_run)}",
+        "eval.tta=flip",
+        f"eval.report_dir={eval_dir / 'report'}",
+        f"hydra.run.dir={eval_dir}",
+        "extras.print_config=false",
+    ]
+    result = run_entry("eval.py", args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return eval_dir
+
+
+@pytest.fixture(scope="session")
+def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of `python src/train.py -m model.optimizer.lr=0.05,0.2`: two jobs of two epochs on a very small
+    synthetic set (they learn little; they exist to be compared)."""
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    args = [
+        "-m",
+        "model=wrn_tiny",
+        "data=synthetic",
+        "data.train_per_class=4",
+        "data.val_per_class=2",
+        "data.test_per_class=1",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "model.optimizer.lr=0.05,0.2",
+        "extras.print_config=false",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    result = run_entry("train.py", args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return sweep_dir

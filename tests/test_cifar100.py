@@ -40,6 +40,8 @@ def test_official_folder_gives_stratified_split_and_official_test_set(cifar_fold
     assert len(dm.test_set) == FAKE_CLASSES * FAKE_TEST_PER_CLASS
     assert np.bincount(dm.val_set.labels.numpy(), minlength=FAKE_CLASSES).tolist() == [VAL_PER_CLASS] * FAKE_CLASSES
     assert dm.classes[:2] == ("fake_class_00", "fake_class_01")
+    assert dm.superclasses == tuple(f"super_{i}" for i in range(20))  # the pickles' coarse labels are labels // 5
+    assert dm.fine_to_coarse == tuple(i // 5 for i in range(FAKE_CLASSES))
     # Train and val together are exactly the official training images, with no overlap.
     train_and_val = torch.cat([dm.train_set.images, dm.val_set.images]).flatten(1)
     official = torch.from_numpy(arrays["train_images"].transpose(0, 3, 1, 2).copy()).flatten(1)
@@ -154,14 +156,15 @@ def test_missing_data_with_no_network_fails_with_the_same_guidance(tmp_path, mon
         datamodule(tmp_path, download=True)
 
 
-def write_array_export(folder: Path, checksums: bool = True) -> None:
+def write_array_export(
+    folder: Path, checksums: bool = True, coarse_names: list[str] | None = None, coarse_of=lambda labels: labels // 5
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, per_class, seed in [("train", FAKE_TRAIN_PER_CLASS, 3), ("test", FAKE_TEST_PER_CLASS, 4)]:
         labels = np.repeat(np.arange(FAKE_CLASSES), per_class).astype(np.uint8)
-        np.savez(
-            folder / f"{name}.npz", data=fake_images(len(labels), seed), fine_labels=labels, coarse_labels=labels // 5
-        )
-    meta = {"fine_label_names": [f"c{i}" for i in range(FAKE_CLASSES)], "coarse_label_names": []}
+        coarse = coarse_of(labels).astype(np.uint8)
+        np.savez(folder / f"{name}.npz", data=fake_images(len(labels), seed), fine_labels=labels, coarse_labels=coarse)
+    meta = {"fine_label_names": [f"c{i}" for i in range(FAKE_CLASSES)], "coarse_label_names": coarse_names or []}
     (folder / "meta.json").write_text(json.dumps(meta))
     if checksums:
         lines = [
@@ -177,6 +180,35 @@ def test_array_export_loads_with_checksums(tmp_path) -> None:
     assert len(dm.train_set) + len(dm.val_set) == FAKE_CLASSES * FAKE_TRAIN_PER_CLASS
     assert len(dm.test_set) == FAKE_CLASSES * FAKE_TEST_PER_CLASS
     assert dm.classes[-1] == "c99"
+
+
+def test_array_export_carries_superclasses_when_it_names_them(tmp_path) -> None:
+    write_array_export(tmp_path / "unnamed")
+    assert datamodule(tmp_path / "unnamed").superclasses == ()  # coarse labels without names: none
+    write_array_export(tmp_path / "named", coarse_names=[f"s{i}" for i in range(20)])
+    dm = datamodule(tmp_path / "named")
+    assert dm.superclasses[:2] == ("s0", "s1") and dm.fine_to_coarse == tuple(i // 5 for i in range(FAKE_CLASSES))
+
+
+def class_3_in_two_superclasses(labels: np.ndarray) -> np.ndarray:
+    coarse = labels // 5
+    coarse[(labels == 3) & (np.arange(len(labels)) % 2 == 1)] += 1
+    return coarse
+
+
+@pytest.mark.parametrize(
+    ("coarse_of", "message"),
+    [
+        (class_3_in_two_superclasses, "fine classes [3] have images under more than one coarse label"),
+        (lambda labels: labels // 4, "coarse labels outside 0–19"),  # 25 coarse labels for 20 names
+    ],
+)
+def test_inconsistent_coarse_labels_name_the_folder(tmp_path, coarse_of, message: str) -> None:
+    write_array_export(tmp_path, coarse_names=[f"s{i}" for i in range(20)], coarse_of=coarse_of)
+    with pytest.raises(CorruptDatasetError) as err:
+        datamodule(tmp_path)
+    assert f"coarse labels (superclasses) in {tmp_path} are inconsistent" in str(err.value)
+    assert message in str(err.value)
 
 
 def test_array_export_checksum_mismatch_names_the_file(tmp_path) -> None:
@@ -204,6 +236,9 @@ def test_real_cifar100_arrays_split_45000_5000_10000_balanced() -> None:
     assert np.bincount(dm.val_set.labels.numpy()).tolist() == [50] * 100
     assert np.bincount(dm.test_set.labels.numpy()).tolist() == [100] * 100
     assert dm.classes[:2] == ("apple", "aquarium_fish") and len(dm.classes) == 100
+    assert dm.superclasses[:2] == ("aquatic_mammals", "fish") and len(dm.superclasses) == 20
+    assert np.bincount(dm.fine_to_coarse).tolist() == [5] * 20  # five fine classes in each superclass
+    assert dm.superclasses[dm.fine_to_coarse[dm.classes.index("dolphin")]] == "aquatic_mammals"
     # The normalisation constants are this training set's statistics.
     pixels = torch.cat([dm.train_set.images, dm.val_set.images]).float().div(255)
     torch.testing.assert_close(pixels.mean(dim=(0, 2, 3)), torch.tensor(CIFAR100_MEAN), atol=1e-4, rtol=0)

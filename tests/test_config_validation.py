@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from wrncifar.config_validation import ConfigError, check_num_classes, validate_config
@@ -23,11 +24,31 @@ from wrncifar.config_validation import ConfigError, check_num_classes, validate_
         ("seed=abc", "seed: expected int or null, got 'abc'"),
         ("train=sometimes", "train: expected a boolean"),
         ("matmul_precision=fastest", "matmul_precision: expected"),
+        ("trainer.max_epochs=0", "trainer.max_epochs: must be >= 1"),
+        ("trainer.max_epochs=-3", "trainer.max_epochs: must be >= 1"),
     ],
 )
 def test_validation_names_the_mistyped_key(make_config, override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_config(make_config([override]))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=0", "batch_size must be a positive integer, got 0"),
+        ("data.batch_size=-8", "batch_size must be a positive integer, got -8"),
+        ("model.optimizer.lr=0", "optimizer.lr must be > 0, got 0"),
+        ("model.optimizer.lr=-0.1", "optimizer.lr must be > 0, got -0.1"),
+        ("model.net.widths=[16,160,320]", "widths must list 4 channel counts"),
+    ],
+)
+def test_impossible_values_are_refused_when_built(make_config, override: str, message: str) -> None:
+    cfg = make_config(["model=wrn_tiny", "data=synthetic", override])
+    validate_config(cfg)  # well-typed; the constructors know the allowed ranges
+    with pytest.raises(InstantiationException, match=re.escape(message)):
+        instantiate(cfg.data)
+        instantiate(cfg.model)
 
 
 def test_every_problem_is_reported_at_once(make_config) -> None:

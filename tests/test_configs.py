@@ -96,9 +96,23 @@ def test_callbacks_none_also_switches_off_lightnings_implicit_checkpoint(make_co
     assert trainer.checkpoint_callback is None
 
 
-DEFAULT_CALLBACKS = {"ModelCheckpoint", "LearningRateMonitor", "RichProgressBar", "RichModelSummary", "ImagesPerSecond"}
+DEFAULT_CALLBACKS = {
+    "ModelCheckpoint",
+    "LearningRateMonitor",
+    "RichProgressBar",
+    "RichModelSummary",
+    "ImagesPerSecond",
+    "RNGStateCheckpoint",
+    "CheckpointOnSignal",
+    "StopOnNonFiniteLoss",
+    "StepCheckpoint",
+}
 EXPECTED_CALLBACKS = {
     "default": DEFAULT_CALLBACKS,
+    "step_checkpoint": {"StepCheckpoint"},
+    "rng_state": {"RNGStateCheckpoint"},
+    "checkpoint_on_signal": {"CheckpointOnSignal"},
+    "non_finite_loss": {"StopOnNonFiniteLoss"},
     "throughput": DEFAULT_CALLBACKS | {"ImageThroughputMonitor"},
     "throughput_monitor": {"ImageThroughputMonitor"},
     "images_per_second": {"ImagesPerSecond"},

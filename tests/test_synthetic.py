@@ -44,3 +44,4 @@ def test_goes_through_the_cifar100_split_transforms_and_loaders() -> None:
     assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32
     assert labels.shape == (8,) and labels.dtype == torch.int64
     assert dm.num_classes == 10
+    assert dm.superclasses == () and dm.fine_to_coarse == ()  # no class hierarchy

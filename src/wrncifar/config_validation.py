@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from wrncifar.evaluation_report import ReportSettings
+
 if TYPE_CHECKING:
     from lightning.pytorch import LightningDataModule, LightningModule
 
@@ -39,6 +41,7 @@ TOP_LEVEL: dict[str, Any] = {
     "seed": int | None,
     "optimized_metric": str | None,
     "matmul_precision": Literal["highest", "high", "medium"] | None,
+    "eval": ReportSettings,
 }
 
 
@@ -51,12 +54,21 @@ def validate_config(cfg: DictConfig) -> None:
     problems: list[str] = []
     _check_fields({k: v for k, v in container.items() if k in TOP_LEVEL}, TOP_LEVEL, True, "", "", problems)
     _walk(container, "", problems)
+    problems += _training_length_problems(container.get("trainer") or {})
     if problems:
         raise ConfigError(
             "invalid config:\n  "
             + "\n  ".join(problems)
             + "\nFix these keys on the command line or in the config files."
         )
+
+
+def _training_length_problems(trainer: Mapping[str, Any]) -> list[str]:
+    """Lightning accepts max_epochs=0 and then trains nothing; here that is a mistake, said before any work."""
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    if isinstance(epochs, int) and epochs != -1 and epochs < 1 and steps in (None, -1):
+        return [f"trainer.max_epochs: must be >= 1 (or -1 with trainer.max_steps set), got {epochs}"]
+    return []
 
 
 def _walk(node: Any, path: str, problems: list[str]) -> None:

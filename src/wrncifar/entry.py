@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
 from hydra.errors import InstantiationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from wrncifar.callbacks.non_finite_loss import NonFiniteLossError
+from wrncifar.checkpointing import CheckpointError, CheckpointWriteError
 from wrncifar.config_validation import ConfigError
 from wrncifar.data.cifar100_sources import CorruptDatasetError, DatasetNotFoundError
 from wrncifar.data.device_batches import DeviceMemoryError
@@ -28,6 +32,9 @@ USER_ERRORS = (
     CorruptDatasetError,
     DeviceMemoryError,
     CompileUnavailableError,
+    CheckpointError,
+    CheckpointWriteError,
+    NonFiniteLossError,
     InstantiationException,
 )
 
@@ -40,12 +47,25 @@ def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     except USER_ERRORS as err:
         log.error("%s", err)
         raise SystemExit(1) from err
+    except SIGTERMException as err:  # preempted: `CheckpointOnSignal` saved last.ckpt and set the signal
+        signum = getattr(err, "signum", signal.SIGTERM)
+        log.warning("Stopped by %s; resume with resume=%s", signal.Signals(signum).name, cfg.paths.output_dir)
+        raise SystemExit(128 + signum) from err
     except Exception as err:
         # Hydra prints the traceback next; the log file gets the one-line summary.
         log.error("Run failed (%s: %s); its outputs so far are in %s", type(err).__name__, err, cfg.paths.output_dir)
         raise
     finally:
         _finish_wandb()
+
+
+def exit_on_user_error(step: Callable[[], T]) -> T:
+    """`step()`, for work before Hydra starts (no logging yet): a user error prints its message and exits 1."""
+    try:
+        return step()
+    except USER_ERRORS as err:
+        print(f"Error: {err}", file=sys.stderr)
+        raise SystemExit(1) from err
 
 
 def _finish_wandb() -> None:

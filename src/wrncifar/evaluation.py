@@ -12,8 +12,12 @@ from hydra.utils import instantiate
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from wrncifar.checkpointing import check_compatible, load_checkpoint
 from wrncifar.config_validation import ConfigError, check_num_classes, validate_config
+from wrncifar.evaluation_report import ReportSettings, build_report, write_report
 from wrncifar.instantiation import instantiate_group
+from wrncifar.predictions import TTA, predict
+from wrncifar.report_plots import save_report_plots
 from wrncifar.run_metrics import metrics_as_floats
 
 log = logging.getLogger(__name__)
@@ -26,7 +30,10 @@ RUN_DIR_DEPTH = 4
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test `cfg.ckpt_path`; writes `test_metrics.json` to the output directory and returns the metrics."""
+    """Test `cfg.ckpt_path`; writes `test_metrics.json` to the output directory and returns the metrics.
+
+    With `eval.report` (the default) it also writes the evaluation report (see `write_evaluation_report`).
+    """
     given = cfg.get("ckpt_path")
     if not given:
         raise ConfigError("ckpt_path is required: python src/eval.py ckpt_path=<run_dir>/checkpoints/<name>.ckpt")
@@ -35,27 +42,86 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"ckpt_path={given} is not a file: pass ckpt_path=<run_dir>/checkpoints/<name>.ckpt")
     adopt_training_run_config(cfg, ckpt_path)
     validate_config(cfg)
+    settings = ReportSettings(**cfg.get("eval", {}))
 
     datamodule: LightningDataModule = instantiate(cfg.data)
     model: LightningModule = instantiate(cfg.model)
     check_num_classes(model, datamodule)
+    check_compatible(model, load_checkpoint(ckpt_path), ckpt_path)
     trainer: Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
+    if settings.report and trainer.world_size > 1:
+        raise ConfigError(
+            f"the evaluation report runs in one process, but the trainer has {trainer.world_size}: "
+            "evaluate on one device (trainer.devices=1) or turn the report off (eval.report=false)"
+        )
     trainer.test(model, datamodule=datamodule, ckpt_path=str(ckpt_path), weights_only=True)
 
     metrics = metrics_as_floats(trainer.callback_metrics)
     out = Path(cfg.paths.output_dir) / "test_metrics.json"
     out.write_text(json.dumps({"ckpt_path": str(ckpt_path.resolve()), **metrics}, indent=2) + "\n")
     log.info("Test metrics written to %s", out)
+    if settings.report:
+        report_dir = report_directory(settings.report_dir, ckpt_path, Path(cfg.paths.output_dir))
+        write_evaluation_report(trainer, model, datamodule, settings.tta, ckpt_path, cfg.data, report_dir)
     return metrics
 
 
-def training_run_config(ckpt_path: Path) -> DictConfig | None:
-    """The config Hydra saved for the run that wrote `ckpt_path`: the nearest `.hydra/config.yaml` above it."""
+def write_evaluation_report(
+    trainer: Trainer,
+    model: LightningModule,
+    datamodule: LightningDataModule,
+    tta: TTA,
+    ckpt_path: Path,
+    data_cfg: DictConfig,
+    report_dir: Path,
+) -> Path:
+    """`report.json`, `predictions.npz` and the PNG plots of the tested model (it holds the checkpoint's weights
+    once `trainer.test` has run) on the test set, with the trainer's device and precision; returns the JSON's path.
+    """
+    model.to(trainer.strategy.root_device)
+    predictions = predict(model, datamodule.test_dataloader(), tta, trainer.precision_plugin.forward_context)
+    # The data it was tested on, resolved: enough to rebuild the test images (the notebook's gallery). A relative
+    # data_dir is relative to where eval.py ran, so it is made absolute.
+    data: dict = OmegaConf.to_container(data_cfg, resolve=True)  # type: ignore[assignment]
+    if data.get("data_dir"):
+        data["data_dir"] = str(Path(data["data_dir"]).resolve())
+    report = {
+        "ckpt_path": str(ckpt_path.resolve()),
+        "tta": tta,
+        "data": data,
+        **build_report(
+            predictions,
+            getattr(datamodule, "classes", ()),
+            getattr(datamodule, "superclasses", ()),
+            getattr(datamodule, "fine_to_coarse", ()),
+        ),
+    }
+    path = write_report(report, predictions, report_dir)
+    save_report_plots(report, report_dir)
+    log.info("Evaluation report (top-1 %.4f) written to %s", report["results"]["plain"]["top1"], report_dir)
+    return path
+
+
+def report_directory(given: str | None, ckpt_path: Path, output_dir: Path) -> Path:
+    """`given`, else `<run_dir>/eval_report/<checkpoint name>/` beside the training run (this run's output
+    directory when the checkpoint is not inside one)."""
+    if given:
+        return Path(given)
+    return (training_run_dir(ckpt_path) or output_dir) / "eval_report" / ckpt_path.stem
+
+
+def training_run_dir(ckpt_path: Path) -> Path | None:
+    """The folder of the run that wrote `ckpt_path`: the nearest one above it with a `.hydra/config.yaml`."""
     for folder in list(ckpt_path.resolve().parents)[:RUN_DIR_DEPTH]:
-        saved = folder / ".hydra" / "config.yaml"
-        if saved.is_file():
-            return OmegaConf.load(saved)  # type: ignore[return-value]
+        if (folder / ".hydra" / "config.yaml").is_file():
+            return folder
     return None
+
+
+def training_run_config(ckpt_path: Path) -> DictConfig | None:
+    """The config Hydra saved for the run that wrote `ckpt_path`."""
+    run_dir = training_run_dir(ckpt_path)
+    return None if run_dir is None else OmegaConf.load(run_dir / ".hydra" / "config.yaml")  # type: ignore[return-value]
 
 
 def adopt_training_run_config(cfg: DictConfig, ckpt_path: Path) -> None:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from wrncifar.checkpointing import check_compatible, load_checkpoint
 from wrncifar.config_validation import check_num_classes, validate_config
 from wrncifar.instantiation import instantiate_group
+from wrncifar.resuming import checkpoint_to_resume, wandb_run_id
 from wrncifar.run_metrics import metrics_as_floats, optimized_metric_value
 
 log = logging.getLogger(__name__)
@@ -29,9 +32,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("matmul_precision"):
         torch.set_float32_matmul_precision(cfg.matmul_precision)
 
+    resume_from = checkpoint_to_resume(cfg)  # checked before anything is built: a bad path fails at once
     datamodule: LightningDataModule = instantiate(cfg.data)
     model: LightningModule = instantiate(cfg.model)
     check_num_classes(model, datamodule)
+    if resume_from is not None:
+        check_compatible(model, load_checkpoint(resume_from), resume_from)
+    if cfg.get("resume"):
+        keep_wandb_run(cfg)
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = _without_logger_only_callbacks(instantiate_group(cfg.get("callbacks")), has_logger=bool(loggers))
     trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -67,6 +75,18 @@ def log_run_config(trainer: Trainer, cfg: DictConfig, model: LightningModule) ->
     hparams["model/params/trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
+
+
+def keep_wandb_run(cfg: DictConfig) -> None:
+    """A resumed run logs to the W&B run it started, unless `logger.wandb.id` names another."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None or wandb_cfg.get("id"):
+        return
+    run_id = wandb_run_id(Path(cfg.paths.output_dir))
+    if run_id:
+        with open_dict(wandb_cfg):
+            wandb_cfg.id = run_id
+            wandb_cfg.resume = "allow"
 
 
 def _without_logger_only_callbacks(callbacks: list[Callback], has_logger: bool) -> list[Callback]:

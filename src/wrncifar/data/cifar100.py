@@ -102,6 +102,9 @@ class CIFAR100DataModule(LightningDataModule):
         self.train_tf = train_transform(crop_padding, flip)
         self.eval_tf = eval_transform()
         self.classes: tuple[str, ...] = ()
+        # CIFAR-100's 20 coarse classes and the one each fine class belongs to; empty for data without them.
+        self.superclasses: tuple[str, ...] = ()
+        self.fine_to_coarse: tuple[int, ...] = ()
         self.train_set: ImageDataset | None = None
         self.val_set: ImageDataset | None = None
         self.test_set: ImageDataset | None = None
@@ -120,6 +123,7 @@ class CIFAR100DataModule(LightningDataModule):
         arrays = self.load_arrays()
         train_idx, val_idx = stratified_split(arrays.train_labels, self.val_per_class, self.split_seed)
         self.classes = arrays.classes
+        self.superclasses, self.fine_to_coarse = arrays.superclasses, arrays.fine_to_coarse
         self.train_set = ImageDataset(arrays.train_images[train_idx], arrays.train_labels[train_idx], self.train_tf)
         self.val_set = ImageDataset(arrays.train_images[val_idx], arrays.train_labels[val_idx], self.eval_tf)
         self.test_set = ImageDataset(arrays.test_images, arrays.test_labels, self.eval_tf)

@@ -6,6 +6,7 @@ Sources, in the order they are looked for under `data_dir`:
 3. the official `cifar-100-python.tar.gz` archive (md5-checked, then extracted next to it);
 4. a download by torchvision (md5-checked), when `download=True`.
 A corrupt file raises `CorruptDatasetError` naming it; nothing is ever deleted or overwritten.
+Both layouts also carry CIFAR-100's 20 superclasses (coarse labels and their names); they are read when present.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from torchvision.datasets import CIFAR100
 from torchvision.datasets.utils import check_integrity, extract_archive
 
-from wrncifar.data.arrays import ImageArrays
+from wrncifar.data.arrays import ImageArrays, superclass_of_each_class
 
 ARRAY_FILES = ("train.npz", "test.npz", "meta.json")
 NUM_CLASSES = 100
@@ -114,16 +115,48 @@ def _verify_official_folder(data_dir: Path) -> None:
 
 
 def _read_official_folder(data_dir: Path) -> ImageArrays:
-    # torchvision's own reader; it re-checks the md5s and raises if they fail.
+    # torchvision's own reader; it re-checks the md5s and raises if they fail. It keeps only the fine labels,
+    # so the coarse ones are read from the same (verified) pickles.
     train = CIFAR100(str(data_dir), train=True, download=False)
     test = CIFAR100(str(data_dir), train=False, download=False)
+    folder = official_folder(data_dir)
+    train_labels = np.asarray(train.targets, dtype=np.int64)
+    test_labels = np.asarray(test.targets, dtype=np.int64)
+    names = _unpickle(folder / CIFAR100.meta["filename"]).get("coarse_label_names", [])
+    coarse = [_unpickle(folder / name).get("coarse_labels") for name, _ in (*CIFAR100.train_list, *CIFAR100.test_list)]
+    superclasses, fine_to_coarse = _superclasses(names, np.concatenate([train_labels, test_labels]), coarse, folder)
     return ImageArrays(
         train_images=train.data,
-        train_labels=np.asarray(train.targets, dtype=np.int64),
+        train_labels=train_labels,
         test_images=test.data,
-        test_labels=np.asarray(test.targets, dtype=np.int64),
+        test_labels=test_labels,
         classes=tuple(train.classes),
+        superclasses=superclasses,
+        fine_to_coarse=fine_to_coarse,
     )
+
+
+def _unpickle(path: Path) -> dict:
+    with path.open("rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _superclasses(
+    names: list[str], fine_labels: np.ndarray, coarse_parts: list[np.ndarray | list[int] | None], folder: Path
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Superclass names and the superclass of each fine class; empty when `folder` has no coarse labels or names."""
+    if not names or any(part is None for part in coarse_parts):
+        return (), ()
+    coarse = np.concatenate([np.asarray(part, dtype=np.int64) for part in coarse_parts])
+    try:
+        if len(coarse) != len(fine_labels):
+            raise ValueError(f"{len(coarse)} coarse labels for {len(fine_labels)} images")
+        if coarse.size and (coarse.min() < 0 or coarse.max() >= len(names)):
+            raise ValueError(f"coarse labels outside 0–{len(names) - 1}, the range of the {len(names)} names")
+        fine_to_coarse = superclass_of_each_class(fine_labels, coarse, NUM_CLASSES)
+    except ValueError as err:
+        raise CorruptDatasetError(f"the coarse labels (superclasses) in {folder} are inconsistent: {err}") from err
+    return tuple(names), fine_to_coarse
 
 
 def _verify_array_export(data_dir: Path) -> None:
@@ -157,17 +190,23 @@ def _read_array_export(data_dir: Path) -> ImageArrays:
     try:
         meta = json.loads((data_dir / "meta.json").read_text())
         classes = tuple(meta["fine_label_names"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        coarse_names = list(meta.get("coarse_label_names") or [])
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         raise CorruptDatasetError(f"{data_dir / 'meta.json'} cannot be read as CIFAR-100 metadata: {err}") from err
-    train_images, train_labels = _read_npz(data_dir / "train.npz")
-    test_images, test_labels = _read_npz(data_dir / "test.npz")
-    return ImageArrays(train_images, train_labels, test_images, test_labels, classes)
+    train_images, train_labels, train_coarse = _read_npz(data_dir / "train.npz")
+    test_images, test_labels, test_coarse = _read_npz(data_dir / "test.npz")
+    superclasses, fine_to_coarse = _superclasses(
+        coarse_names, np.concatenate([train_labels, test_labels]), [train_coarse, test_coarse], data_dir
+    )
+    return ImageArrays(train_images, train_labels, test_images, test_labels, classes, superclasses, fine_to_coarse)
 
 
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Images, fine labels and, when the file has them, coarse labels."""
     try:
         with np.load(path) as npz:
             images, labels = npz["data"], npz["fine_labels"].astype(np.int64)
+            coarse = npz["coarse_labels"].astype(np.int64) if "coarse_labels" in npz.files else None
     except (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError, pickle.UnpicklingError) as err:
         raise CorruptDatasetError(
             f"{path} cannot be read as a CIFAR-100 array file (truncated or corrupt?): {err}"
@@ -179,4 +218,4 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         )
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise CorruptDatasetError(f"{path} has fine labels outside 0–{NUM_CLASSES - 1}")
-    return images, labels
+    return images, labels, coarse

@@ -1,0 +1,141 @@
+"""Checkpoints that survive crashes: atomic writes, checked loads, the newest valid one of a run, clear mismatches."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used as asked: missing, unreadable, or for another network."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the previous file at that path is untouched."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside its target, flushes it to disk, then renames it over the
+    target: a crash or a full disk mid-write leaves the previous checkpoint whole, never a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        target = Path(path)
+        tmp_name = ""
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is not
+            os.replace(tmp_name, target)
+        except OSError as err:
+            if tmp_name:
+                Path(tmp_name).unlink(missing_ok=True)
+            free = shutil.disk_usage(_existing_parent(target)).free / 2**20
+            hint = "free some disk space" if err.errno == errno.ENOSPC else "check that the folder is writable"
+            raise CheckpointWriteError(
+                f"could not write checkpoint {target} ({err.strerror or err}; {free:,.0f} MiB free there): {hint}, "
+                f"then resume; the previous checkpoint at that path, if any, is intact"
+            ) from err
+        _fsync_dir(target.parent)
+
+
+def _existing_parent(path: Path) -> Path:
+    return next(p for p in path.parents if p.exists())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint at `path`, loaded with `weights_only=True` (no code runs); CheckpointError if it is unusable."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: pass the path of a .ckpt file (or resume=<run_dir>)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, garbage bytes, or a pickle that wants to run code
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"checkpoint {path} has no state_dict: it is not a Lightning checkpoint")
+    return checkpoint
+
+
+def newest_valid_checkpoint(folder: Path) -> Path:
+    """The most recently written checkpoint in `folder` that loads (`last.ckpt` at epoch ends, `step.ckpt` every
+    N steps, the best one); a newer one that does not load is named and skipped.
+
+    Raises CheckpointError when none loads: a resumed run never silently starts from scratch.
+    """
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    if not candidates:
+        raise CheckpointError(f"no checkpoint in {folder}: nothing to resume from")
+    problems = []
+    for candidate in candidates:
+        try:
+            load_checkpoint(candidate)
+        except CheckpointError as err:
+            problems.append(str(err))
+            log.warning("Skipping %s", err)
+            continue
+        if problems:
+            log.warning("Resuming from %s, the newest checkpoint that loads", candidate)
+        return candidate
+    raise CheckpointError(f"no checkpoint in {folder} loads: " + "; ".join(problems))
+
+
+def check_compatible(model: nn.Module, checkpoint: dict[str, Any], path: Path) -> None:
+    """CheckpointError listing the missing, unexpected and reshaped tensors if `checkpoint` is not `model`'s."""
+    expected = model.state_dict()
+    saved = checkpoint["state_dict"]
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    reshaped = [
+        f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in saved and hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(v.shape)
+    ]
+    if not (missing or unexpected or reshaped):
+        return
+    parts = []
+    for title, items in [("missing", missing), ("unexpected", unexpected), ("different shape", reshaped)]:
+        if items:
+            shown = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
+            parts.append(f"{title}: {shown}")
+    raise CheckpointError(
+        f"checkpoint {path} is for a different network than the configured model ({'; '.join(parts)}); "
+        "use the model config the checkpoint was trained with (eval.py reads it from the run's .hydra/config.yaml)"
+    )
