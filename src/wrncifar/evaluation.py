@@ -47,13 +47,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule: LightningDataModule = instantiate(cfg.data)
     model: LightningModule = instantiate(cfg.model)
     check_num_classes(model, datamodule)
-    check_compatible(model, load_checkpoint(ckpt_path), ckpt_path)
     trainer: Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
     if settings.report and trainer.world_size > 1:
         raise ConfigError(
             f"the evaluation report runs in one process, but the trainer has {trainer.world_size}: "
             "evaluate on one device (trainer.devices=1) or turn the report off (eval.report=false)"
         )
+    check_compatible(model, load_checkpoint(ckpt_path), ckpt_path)
     trainer.test(model, datamodule=datamodule, ckpt_path=str(ckpt_path), weights_only=True)
 
     metrics = metrics_as_floats(trainer.callback_metrics)
