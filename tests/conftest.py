@@ -120,6 +120,8 @@ TINY_SYNTHETIC = [
     "trainer=cpu",
     "extras.print_config=false",
 ]
+# The smallest synthetic set (4 / 2 / 1 images per class): jobs that exist to be run, compared or counted.
+FEW_IMAGES = [*TINY_SYNTHETIC, "data.train_per_class=4", "data.val_per_class=2", "data.test_per_class=1"]
 TRAINED_EPOCHS = 3
 
 
@@ -171,19 +173,81 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder of `python src/train.py -m model.optimizer.lr=0.05,0.2`: two jobs of two epochs on a very small
     synthetic set (they learn little; they exist to be compared)."""
     sweep_dir = tmp_path_factory.mktemp("sweep")
-    args = [
-        "-m",
-        "model=wrn_tiny",
-        "data=synthetic",
-        "data.train_per_class=4",
-        "data.val_per_class=2",
-        "data.test_per_class=1",
-        "trainer=cpu",
-        "trainer.max_epochs=2",
-        "model.optimizer.lr=0.05,0.2",
-        "extras.print_config=false",
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
+    args = ["-m", *FEW_IMAGES, "trainer.max_epochs=2", "model.optimizer.lr=0.05,0.2", f"hydra.sweep.dir={sweep_dir}"]
     result = run_entry("train.py", args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return sweep_dir
+
+
+# W&B: offline runs read back from the record file wandb writes (`run-<id>.wandb`), with wandb's own protobufs.
+WANDB_BLOCK = 32768  # the record file is a LevelDB-style log: 32 KiB blocks of chunks, each with a 7-byte header
+WANDB_FULL, WANDB_LAST = 1, 4
+
+
+def wandb_records(run_dir: Path) -> list:
+    """Every record of the one W&B run under `run_dir/wandb/`, in the order written."""
+    import struct
+
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    (path,) = (run_dir / "wandb").glob("*run-*/run-*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B record file"
+    records, pos, pending = [], 7, b""
+    while pos + 7 <= len(data):
+        if WANDB_BLOCK - pos % WANDB_BLOCK < 7:  # a block's tail too short for a header is padding
+            pos += WANDB_BLOCK - pos % WANDB_BLOCK
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (WANDB_FULL, WANDB_LAST):
+            record = Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def isolated_wandb_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment with no W&B credentials or settings of this machine: a fresh HOME, no WANDB_* variables,
+    no NETRC; matplotlib keeps its font cache."""
+    import matplotlib
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    home.mkdir(parents=True, exist_ok=True)
+    return {**env, "HOME": str(home), "MPLCONFIGDIR": matplotlib.get_configdir(), "HYDRA_FULL_ERROR": "0", **extra}
+
+
+# Two jobs on the smallest synthetic set, logging every step, a prediction table at every validation.
+WANDB_SWEEP_ARGS = [
+    "-m",
+    *FEW_IMAGES,
+    "trainer.max_epochs=2",
+    "trainer.log_every_n_steps=1",
+    "callbacks.images_per_second.window=1",
+    "callbacks.wandb_media.every_n_val_epochs=1",
+    "logger=many_loggers",
+    "logger.wandb.log_model=true",
+    "model.optimizer.lr=0.05,0.2",
+]
+
+
+@pytest.fixture(scope="session")
+def wandb_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`python src/train.py -m … logger=many_loggers model.optimizer.lr=0.05,0.2` (CSV, TensorBoard and W&B) as a
+    user without a W&B account runs it: no API key, no login, no WANDB_MODE, stdin closed. Returns the sweep
+    folder (jobs 0 and 1) and the finished process."""
+    root = tmp_path_factory.mktemp("wandb_sweep")
+    sweep_dir = root / "sweep"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "src" / "train.py"), *WANDB_SWEEP_ARGS, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT,
+        env=isolated_wandb_env(root / "home"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return sweep_dir, result

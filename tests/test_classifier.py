@@ -65,3 +65,34 @@ def test_hyperparameters_are_primitives_only() -> None:
 def test_invalid_settings_fail_at_construction(make, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+@pytest.mark.parametrize("mixing", [{"mixup_alpha": 0.4}, {"cutmix_alpha": 1.0}])
+def test_mixed_batches_train_on_smoothed_soft_targets_and_score_the_dominant_class(mixing: dict) -> None:
+    smoothing, classes = 0.1, 10
+    module = ImageClassifier(WideResNet(num_classes=classes, widths=[4, 8, 8, 16], dropout=0.0), mixing=mixing,
+                             label_smoothing=smoothing)  # fmt: skip
+    images, labels = torch.randn(8, 3, 32, 32), torch.arange(8)
+    torch.manual_seed(5)
+    loss = module.training_step((images.clone(), labels), 0)
+
+    # The same draw by hand: the mixed batch, its label distributions, smoothed, against the log-probabilities.
+    torch.manual_seed(5)
+    mixed, targets = module.batch_mixing(images.clone(), labels)
+    assert targets.shape == (8, classes) and not torch.equal(targets, nn.functional.one_hot(labels, classes).float())
+    logits = module.net(mixed)
+    smoothed = targets * (1 - smoothing) + smoothing / classes
+    expected = -(smoothed * logits.log_softmax(dim=1)).sum(dim=1).mean()
+    torch.testing.assert_close(loss, expected)
+    dominant = (logits.argmax(1) == targets.argmax(1)).float().mean()
+    torch.testing.assert_close(module.train_acc.compute(), dominant)
+
+
+def test_mixing_settings_are_saved_as_hyperparameters_and_leave_the_state_dict_alone() -> None:
+    plain = ImageClassifier(tiny_net())
+    mixed = ImageClassifier(tiny_net(), mixing={"mixup_alpha": 0.2, "cutmix_alpha": 1.0})
+    assert mixed.hparams["mixing"] == {"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "prob": 1.0}
+    assert plain.batch_mixing is None and list(mixed.state_dict()) == list(plain.state_dict())
+    with pytest.raises(ValueError, match=r"mixing\.prob must be in"):
+        ImageClassifier(tiny_net(), mixing={"mixup_alpha": 0.2, "prob": 2})

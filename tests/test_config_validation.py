@@ -20,7 +20,10 @@ from wrncifar.config_validation import ConfigError, check_num_classes, validate_
         ("trainer.max_epochs=ten", "trainer.max_epochs"),
         ("+data.colour=blue", "data.colour: not an argument of wrncifar.data.cifar100.CIFAR100DataModule"),
         ("+model.scheduler.shape=linear", "model.scheduler.shape: not a field of ScheduleSettings"),
-        ("model.scheduler.name=linear", "model.scheduler.name: expected one of ['cosine', 'multistep', 'constant']"),
+        (
+            "model.scheduler.name=linear",
+            "model.scheduler.name: expected one of ['cosine', 'multistep', 'constant', 'onecycle']",
+        ),
         ("seed=abc", "seed: expected int or null, got 'abc'"),
         ("train=sometimes", "train: expected a boolean"),
         ("matmul_precision=fastest", "matmul_precision: expected"),

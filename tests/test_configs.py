@@ -106,6 +106,9 @@ DEFAULT_CALLBACKS = {
     "CheckpointOnSignal",
     "StopOnNonFiniteLoss",
     "StepCheckpoint",
+    "DatasetSizes",
+    "GpuMemory",
+    "WandbMedia",
 }
 EXPECTED_CALLBACKS = {
     "default": DEFAULT_CALLBACKS,
@@ -115,11 +118,15 @@ EXPECTED_CALLBACKS = {
     "non_finite_loss": {"StopOnNonFiniteLoss"},
     "throughput": DEFAULT_CALLBACKS | {"ImageThroughputMonitor"},
     "throughput_monitor": {"ImageThroughputMonitor"},
+    "ema": DEFAULT_CALLBACKS | {"ExponentialMovingAverage"},
     "images_per_second": {"ImagesPerSecond"},
     "model_checkpoint": {"ModelCheckpoint"},
     "lr_monitor": {"LearningRateMonitor"},
     "rich_progress_bar": {"RichProgressBar"},
     "rich_model_summary": {"RichModelSummary"},
+    "dataset_sizes": {"DatasetSizes"},
+    "gpu_memory": {"GpuMemory"},
+    "wandb_media": {"WandbMedia"},
     "none": set(),
 }
 

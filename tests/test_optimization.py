@@ -103,3 +103,17 @@ def test_scheduler_steps_the_optimizer_lr_and_resumes_its_position_with_the_curr
 def test_invalid_settings_fail_at_construction(make, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_onecycle_rises_linearly_over_the_warmup_then_falls_linearly_to_the_floor() -> None:
+    settings = ScheduleSettings(name="onecycle", warmup_epochs=2, min_lr_ratio=0.1)
+
+    def factor(step: int) -> float:
+        return lr_factor(step, settings, total_steps=100, steps_per_epoch=10)
+
+    assert [factor(s) for s in (0, 9, 19)] == pytest.approx([0.05, 0.5, 1.0])
+    assert factor(20) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(1.0 - 0.9 * 0.5)
+    assert factor(100) == pytest.approx(0.1)
+    falls = [factor(s) - factor(s + 1) for s in range(20, 100)]
+    assert falls == pytest.approx([0.9 / 80] * 80)  # a straight line

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.seed_wideresnet import WideResNet as SeedWideResNet
-from wrncifar.models.wideresnet import WideResNet
+from wrncifar.models.wideresnet import PreActBlock, PreActWideResNet, WideResNet
 
 TINY = [4, 8, 8, 16]
 
@@ -79,3 +79,46 @@ def test_dropout_is_configurable_and_the_seed_value_is_the_default() -> None:
 def test_invalid_settings_fail_at_construction(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         WideResNet(**kwargs)
+
+
+def test_preact_variant_has_the_seed_widths_and_about_its_parameter_count() -> None:
+    preact = PreActWideResNet(num_classes=100)
+    count = sum(p.numel() for p in preact.parameters())
+    assert count == 17_174_324  # 1,120 fewer than the seed: BatchNorms move to conv inputs, no projection bias
+    assert [stage[0].conv1.out_channels for stage in preact.stages] == [160, 320, 640]
+    assert all(len(stage) == 2 for stage in preact.stages) and preact.fc.in_features == 640
+    assert preact(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+
+
+def test_preact_block_runs_bn_relu_conv_twice_and_adds_the_residual_last() -> None:
+    block = PreActBlock(4, 8, dropout=0.0).eval()
+    calls: list[str] = []
+    for name, module in block.named_children():
+        module.register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+    x = torch.randn(2, 4, 8, 8)
+    out = block(x)
+    assert calls == ["bn1", "relu1", "shortcut", "conv1", "bn2", "relu2", "dropout", "conv2"]
+    # Nothing after the addition: the output is the second conv plus the projected pre-activation, and can be
+    # negative (a ReLU after the sum could not).
+    activated = block.relu1(block.bn1(x))
+    branch = block.conv2(block.relu2(block.bn2(block.conv1(activated))))
+    torch.testing.assert_close(out, branch + block.shortcut(activated))
+    assert (out < 0).any()
+
+
+def test_preact_block_of_equal_widths_adds_the_raw_input() -> None:
+    block = PreActBlock(8, 8).eval()
+    assert block.shortcut is None
+    with torch.no_grad():
+        block.conv2.weight.zero_()  # the residual branch adds nothing: the block is the identity
+    x = torch.randn(2, 8, 4, 4)
+    torch.testing.assert_close(block(x), x)
+
+
+@pytest.mark.parametrize("pooling", ["adaptive", "seed"])
+def test_preact_variant_takes_the_seed_classes_options(pooling: str) -> None:
+    model = PreActWideResNet(num_classes=10, widths=TINY, blocks_per_stage=3, dropout=0.3, pooling=pooling)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert all(len(stage) == 3 for stage in model.stages) and model.stages[0][0].dropout.p == 0.3
+    with pytest.raises(ValueError, match="widths must list 4 channel counts"):
+        PreActWideResNet(widths=[8, 16])

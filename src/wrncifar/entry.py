@@ -17,8 +17,10 @@ from wrncifar.checkpointing import CheckpointError, CheckpointWriteError
 from wrncifar.config_validation import ConfigError
 from wrncifar.data.cifar100_sources import CorruptDatasetError, DatasetNotFoundError
 from wrncifar.data.device_batches import DeviceMemoryError
+from wrncifar.distributed import log_files_on_rank_zero_only
 from wrncifar.extras import apply_extras
 from wrncifar.models.compilation import CompileUnavailableError
+from wrncifar.sweep_summary import in_multirun, record_job_result
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +41,46 @@ USER_ERRORS = (
 )
 
 
-def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
-    """Run `task(cfg)`; exit 1 with the message alone for user errors, log and re-raise anything else."""
+def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
+    """Run `task(cfg)`; exit 1 with the message alone for user errors, log and re-raise anything else.
+
+    In a multirun, a failed job is recorded (see `sweep_summary`) and returns None instead, so that the
+    other jobs still run; the sweep exits 1 at its end. A signal stops the whole sweep.
+    """
+    multirun = in_multirun()
+    log_files_on_rank_zero_only()
     try:
         apply_extras(cfg)
-        return task(cfg)
+        result = task(cfg)
     except USER_ERRORS as err:
         log.error("%s", err)
+        if multirun:
+            return _failed_job(cfg, err)
         raise SystemExit(1) from err
     except SIGTERMException as err:  # preempted: `CheckpointOnSignal` saved last.ckpt and set the signal
         signum = getattr(err, "signum", signal.SIGTERM)
         log.warning("Stopped by %s; resume with resume=%s", signal.Signals(signum).name, cfg.paths.output_dir)
         raise SystemExit(128 + signum) from err
     except Exception as err:
+        if multirun:  # the traceback goes to the job's log; Hydra would otherwise stop the sweep with it
+            where = cfg.paths.output_dir
+            log.exception("Job failed (%s: %s); its outputs so far are in %s", type(err).__name__, err, where)
+            return _failed_job(cfg, err)
         # Hydra prints the traceback next; the log file gets the one-line summary.
         log.error("Run failed (%s: %s); its outputs so far are in %s", type(err).__name__, err, cfg.paths.output_dir)
         raise
     finally:
         _finish_wandb()
+    if multirun:
+        record_job_result(cfg.paths.output_dir, result)
+    return result
+
+
+def _failed_job(cfg: DictConfig, err: BaseException) -> None:
+    """Record a failed multirun job; called inside the `except` block, so W&B still sees the error."""
+    record_job_result(cfg.paths.output_dir, None, err)
+    _finish_wandb()
+    return None
 
 
 def exit_on_user_error(step: Callable[[], T]) -> T:
@@ -69,7 +93,10 @@ def exit_on_user_error(step: Callable[[], T]) -> T:
 
 
 def _finish_wandb() -> None:
-    """Close a W&B run so the next job of a multirun starts its own."""
+    """Close a W&B run so the next job of a multirun starts its own; a run ended by an exception is marked
+    failed on its dashboard (called from a `finally`, where `sys.exc_info` is the exception on its way out)."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+        err = sys.exc_info()[1]
+        failed = err is not None and not (isinstance(err, SystemExit) and err.code in (0, None))
+        wandb.finish(exit_code=1 if failed else 0)

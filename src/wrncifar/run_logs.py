@@ -29,6 +29,16 @@ def epoch_metrics(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     Rows without an epoch (the learning-rate monitor's, logged by step) are left out.
     """
+    return _metric_series(run_dir, "epoch")
+
+
+def step_metrics(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every metric the CSV logger wrote for `run_dir`, as (global steps, values) in logging order: the
+    per-step ones (the learning-rate monitor's) included, and the per-epoch ones at the step they were logged."""
+    return _metric_series(run_dir, "step")
+
+
+def _metric_series(run_dir: Path, axis: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     path = Path(run_dir) / METRICS_CSV
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: was the run logged with logger=csv (the default)?")
@@ -36,15 +46,15 @@ def epoch_metrics(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         rows = list(csv.DictReader(f))
     series: dict[str, tuple[list[int], list[float]]] = {}
     for row in rows:
-        if not row.get("epoch"):
+        if not row.get(axis):
             continue
         for key, value in row.items():
             if key in ("epoch", "step") or not value:
                 continue
-            epochs, values = series.setdefault(key, ([], []))
-            epochs.append(int(row["epoch"]))
+            positions, values = series.setdefault(key, ([], []))
+            positions.append(int(row[axis]))
             values.append(float(value))
-    return {key: (np.asarray(epochs), np.asarray(values)) for key, (epochs, values) in series.items()}
+    return {key: (np.asarray(positions), np.asarray(values)) for key, (positions, values) in series.items()}
 
 
 def sweep_runs(sweep_dir: Path) -> list[SweepRun]:

@@ -14,9 +14,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wrncifar.checkpointing import check_compatible, load_checkpoint
 from wrncifar.config_validation import check_num_classes, validate_config
+from wrncifar.distributed import check_launch
 from wrncifar.instantiation import instantiate_group
 from wrncifar.resuming import checkpoint_to_resume, wandb_run_id
 from wrncifar.run_metrics import metrics_as_floats, optimized_metric_value
+from wrncifar.sweep_summary import in_multirun
+from wrncifar.tracking import command_line_overrides, git_state, sweep_group_and_name, without_secrets
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +43,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_compatible(model, load_checkpoint(resume_from), resume_from)
     if cfg.get("resume"):
         keep_wandb_run(cfg)
+    group_sweep_jobs(cfg)
     loggers = instantiate_group(cfg.get("logger"))
     callbacks = _without_logger_only_callbacks(instantiate_group(cfg.get("callbacks")), has_logger=bool(loggers))
     trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    check_launch(trainer, multirun=in_multirun(), sync_batchnorm=bool(cfg.trainer.get("sync_batchnorm")))
     log_run_config(trainer, cfg, model)
 
     if cfg.get("train", True):
@@ -67,12 +72,16 @@ def train_for_sweep(cfg: DictConfig) -> float | None:
 
 
 def log_run_config(trainer: Trainer, cfg: DictConfig, model: LightningModule) -> None:
-    """Send the resolved config and the parameter counts to every logger."""
+    """Send the resolved config, the command-line overrides, the git commit (and whether the work tree differs
+    from it) and the parameter counts to every logger. A W&B API key the config interpolates is redacted."""
     if not trainer.loggers:
         return
     hparams: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    hparams["overrides"] = command_line_overrides()
+    hparams["git"] = git_state(Path(__file__).parent)
     hparams["model/params/total"] = sum(p.numel() for p in model.parameters())
     hparams["model/params/trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    hparams = without_secrets(hparams)
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
 
@@ -87,6 +96,18 @@ def keep_wandb_run(cfg: DictConfig) -> None:
         with open_dict(wandb_cfg):
             wandb_cfg.id = run_id
             wandb_cfg.resume = "allow"
+
+
+def group_sweep_jobs(cfg: DictConfig) -> None:
+    """In a Hydra multirun, the W&B runs of one sweep share a group (the sweep's id) and each is named by the
+    overrides the sweep varies, unless `logger.wandb.group` / `logger.wandb.name` are set."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    names = sweep_group_and_name() if wandb_cfg is not None else None
+    if names is None:
+        return
+    with open_dict(wandb_cfg):
+        wandb_cfg.group = wandb_cfg.get("group") or names[0]
+        wandb_cfg.name = wandb_cfg.get("name") or names[1]
 
 
 def _without_logger_only_callbacks(callbacks: list[Callback], has_logger: bool) -> list[Callback]:

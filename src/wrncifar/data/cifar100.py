@@ -15,7 +15,16 @@ from wrncifar.argument_checks import require_positive_int
 from wrncifar.data.arrays import ImageArrays, stratified_split
 from wrncifar.data.cifar100_sources import load_cifar100, prepare_cifar100
 from wrncifar.data.device_batches import DeviceBatches, check_fits_on_device
-from wrncifar.data.transforms import CIFAR100_MEAN, CIFAR100_STD, eval_transform, train_transform
+from wrncifar.data.transforms import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    IMAGE_SIZE,
+    POLICIES,
+    Policy,
+    eval_transform,
+    train_transform,
+)
+from wrncifar.distributed import eval_sampler
 
 
 class ImageDataset(Dataset):
@@ -54,6 +63,9 @@ class CIFAR100DataModule(LightningDataModule):
         download: download through torchvision when no copy is found.
         crop_padding: zero padding before the random 32×32 training crop (0 disables the crop).
         flip: random horizontal flips in training.
+        policy: augmentation policy after crop and flip: `none`, `trivialaugment` (TrivialAugmentWide) or
+            `autoaugment` (AutoAugment's CIFAR policy); CPU path only.
+        cutout: side of the Cutout square erased from each training image (0: none; the usual value is 16).
         drop_last: drop the last incomplete training batch of each epoch (one batch shape suits torch.compile).
         on_device: keep the uint8 images on the training device and batch, augment and normalise them there
             (`DeviceBatches`); no loader workers. The fast path on a GPU; on CPU it batches without workers.
@@ -74,6 +86,8 @@ class CIFAR100DataModule(LightningDataModule):
         download: bool = True,
         crop_padding: int = 4,
         flip: bool = True,
+        policy: Policy = "none",
+        cutout: int = 0,
         drop_last: bool = False,
         on_device: bool = False,
     ) -> None:
@@ -86,6 +100,15 @@ class CIFAR100DataModule(LightningDataModule):
             raise ValueError(f"num_workers must be >= 0 or null (one per core), got {num_workers}")
         if crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        if not 0 <= cutout < IMAGE_SIZE:
+            raise ValueError(f"cutout is the side of the erased square in pixels, 0 to {IMAGE_SIZE - 1}; got {cutout}")
+        if on_device and policy != "none":
+            raise ValueError(
+                f"policy={policy} runs in the CPU loader workers only; set data.on_device=false to use it, "
+                "or data.policy=none to keep the on-device path (crop, flip and cutout)"
+            )
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -97,9 +120,11 @@ class CIFAR100DataModule(LightningDataModule):
         self.download = download
         self.crop_padding = crop_padding
         self.flip = flip
+        self.policy = policy
+        self.cutout = cutout
         self.drop_last = drop_last
         self.on_device = on_device
-        self.train_tf = train_transform(crop_padding, flip)
+        self.train_tf = train_transform(crop_padding, flip, policy=policy, cutout=cutout)
         self.eval_tf = eval_transform()
         self.classes: tuple[str, ...] = ()
         # CIFAR-100's 20 coarse classes and the one each fine class belongs to; empty for data without them.
@@ -165,6 +190,8 @@ class CIFAR100DataModule(LightningDataModule):
             dataset,
             batch_size=batch_size,
             shuffle=train,
+            # Under DDP, validation and test see every image once (training takes Lightning's sampler).
+            sampler=None if train else eval_sampler(dataset, self.trainer),
             drop_last=self.drop_last and train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
@@ -190,6 +217,7 @@ class CIFAR100DataModule(LightningDataModule):
             train=train,
             crop_padding=self.crop_padding,
             flip=self.flip,
+            cutout=self.cutout,
             seed=seed,
             drop_last=self.drop_last and train,
             rank=trainer.global_rank if trainer else 0,

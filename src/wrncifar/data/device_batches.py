@@ -4,7 +4,8 @@ A GPU trains the seed WideResNet faster than CPU workers can crop, flip and norm
 `data.on_device=true` the uint8 images (150 MiB for all of CIFAR-100) sit in device memory and each batch is
 gathered, cropped, flipped and normalised by a few tensor operations on the device. The augmentation has the
 distribution of the CPU path (`transforms.train_transform`): crop offsets uniform over the (2p+1)² positions of
-the zero-padded image, flips with probability 1/2.
+the zero-padded image, flips with probability 1/2, and the optional Cutout square placed uniformly where it fits
+inside the image (`transforms.cutout_transform`).
 
 The order and augmentation of an epoch are drawn at its start from a generator seeded by (seed, epoch), so
 an epoch is a pure function of both; with the number of batches already served this is the loader's whole
@@ -20,17 +21,22 @@ from typing import Any
 import torch
 from torch.nn import functional
 
+from wrncifar.data.transforms import IMAGE_SIZE
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class EpochDraw:
-    """One epoch's sample order and per-sample augmentation: crop offsets in [0, 2p] and flips."""
+    """One epoch's sample order and per-sample augmentation: crop offsets in [0, 2p], flips, and the top-left
+    corners of the Cutout squares (zeros without Cutout)."""
 
     order: torch.Tensor
     dy: torch.Tensor
     dx: torch.Tensor
     flip: torch.Tensor
+    cutout_y: torch.Tensor
+    cutout_x: torch.Tensor
 
 
 class EpochSampler:
@@ -39,11 +45,12 @@ class EpochSampler:
     Named and shaped like a sampler so that Lightning's `set_epoch` call reaches it at every epoch start.
     """
 
-    def __init__(self, seed: int, shuffle: bool, crop_padding: int, flip: bool) -> None:
+    def __init__(self, seed: int, shuffle: bool, crop_padding: int, flip: bool, cutout: int = 0) -> None:
         self.seed = seed
         self.shuffle = shuffle
         self.crop_padding = crop_padding
         self.flip = flip
+        self.cutout = cutout
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -60,7 +67,14 @@ class EpochSampler:
             flip = torch.rand(n, generator=gen, device=device) < 0.5
         else:
             flip = torch.zeros(n, dtype=torch.bool, device=device)
-        return EpochDraw(order, dy, dx, flip)
+        # Drawn last, so that Cutout leaves the order, crops and flips of a seed as they are without it.
+        if self.cutout:
+            corners = IMAGE_SIZE - self.cutout + 1
+            cutout_y = torch.randint(corners, (n,), generator=gen, device=device)
+            cutout_x = torch.randint(corners, (n,), generator=gen, device=device)
+        else:
+            cutout_y = cutout_x = torch.zeros(n, dtype=torch.long, device=device)
+        return EpochDraw(order, dy, dx, flip, cutout_y, cutout_x)
 
 
 def crop_and_flip(
@@ -78,6 +92,16 @@ def crop_and_flip(
     return padded[batch_idx, chan_idx, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def cutout(images: torch.Tensor, size: int, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """Per-sample `size`×`size` squares from (top, left) of normalised images set to 0 (the mean colour), in place."""
+    _, _, h, w = images.shape
+    rows = torch.arange(h, device=images.device)
+    cols = torch.arange(w, device=images.device)
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size)  # n × h
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size)  # n × w
+    return images.masked_fill_((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)
+
+
 class DeviceBatches:
     """An iterable of normalised (images, labels) batches from uint8 N×C×H×W images on one device.
 
@@ -87,7 +111,7 @@ class DeviceBatches:
         batch_size: images per batch.
         mean, std: per-channel normalisation on the 0–1 scale.
         train: shuffle and augment (crop from `crop_padding` zero padding, flips) each epoch.
-        crop_padding, flip: the augmentation when `train`.
+        crop_padding, flip, cutout: the augmentation when `train` (`cutout`: side of the Cutout square, 0: none).
         seed: seed of the epochs' order and augmentation.
         drop_last: drop the last incomplete batch.
         rank, world_size: under DDP each process takes every world_size-th sample of the epoch's order
@@ -106,6 +130,7 @@ class DeviceBatches:
         train: bool = False,
         crop_padding: int = 4,
         flip: bool = True,
+        cutout: int = 0,
         seed: int = 0,
         drop_last: bool = False,
         rank: int = 0,
@@ -122,7 +147,13 @@ class DeviceBatches:
         self.drop_last = drop_last
         self.rank = rank
         self.world_size = world_size
-        self.sampler = EpochSampler(seed, shuffle=train, crop_padding=crop_padding if train else 0, flip=flip and train)
+        self.sampler = EpochSampler(
+            seed,
+            shuffle=train,
+            crop_padding=crop_padding if train else 0,
+            flip=flip and train,
+            cutout=cutout if train else 0,
+        )
         # x / 255 → (x - mean) / std as one multiply-add: x · scale + shift.
         std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
         mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
@@ -149,6 +180,7 @@ class DeviceBatches:
         per_rank = self.samples_per_rank
         mine = slice(self.rank, self.rank + per_rank * self.world_size, self.world_size)
         order, dy, dx, flip = draw.order[mine], draw.dy[mine], draw.dx[mine], draw.flip[mine]
+        cutout_y, cutout_x = draw.cutout_y[mine], draw.cutout_x[mine]
         for step in range(start, len(self)):
             take = slice(step * self.batch_size, (step + 1) * self.batch_size)
             index = order[take]
@@ -157,7 +189,10 @@ class DeviceBatches:
                 images = crop_and_flip(images, self.sampler.crop_padding, dy[take], dx[take], flip[take])
             # Counted before the yield: a checkpoint taken while this batch trains resumes after it.
             self.position = step + 1
-            yield images.float().mul_(self.scale).add_(self.shift), self.labels[index]
+            images = images.float().mul_(self.scale).add_(self.shift)
+            if self.sampler.cutout:
+                images = cutout(images, self.sampler.cutout, cutout_y[take], cutout_x[take])
+            yield images, self.labels[index]
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.sampler.seed, "epoch": self.sampler.epoch, "position": self.position}

@@ -1,4 +1,5 @@
-"""The LightningModule: any image-classification network, cross-entropy, SGD, per-step LR schedule, metrics."""
+"""The LightningModule: any image-classification network, cross-entropy (with MixUp/CutMix targets), SGD,
+per-step LR schedule, metrics."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from wrncifar.data.batch_mixing import MixingSettings, build_batch_mixing
 from wrncifar.models.compilation import is_compiled, require_compile_support
 from wrncifar.models.optimization import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
 
@@ -29,6 +31,9 @@ class ImageClassifier(LightningModule):
         optimizer: keyword arguments of `OptimizerSettings` (lr, momentum, nesterov, weight_decay, …).
         scheduler: keyword arguments of `ScheduleSettings` (name, warmup_epochs, …).
         label_smoothing: cross-entropy label smoothing in [0, 1).
+        mixing: keyword arguments of `MixingSettings` (mixup_alpha, cutmix_alpha, prob): MixUp/CutMix of the
+            training batches. The loss then takes the mixed label distributions (smoothed as above), and
+            `train/acc` counts a prediction right when it is the image's dominant class.
         num_classes: classes of the metrics; defaults to `net.num_classes`.
         channels_last: NHWC memory format for the network and its inputs (faster convolutions on tensor cores).
         compile: `torch.compile` the network when training or testing starts. It is compiled in place, so
@@ -42,6 +47,7 @@ class ImageClassifier(LightningModule):
         optimizer: OptimizerSettings | Mapping[str, Any] | None = None,
         scheduler: ScheduleSettings | Mapping[str, Any] | None = None,
         label_smoothing: float = 0.0,
+        mixing: MixingSettings | Mapping[str, Any] | None = None,
         num_classes: int | None = None,
         channels_last: bool = False,
         compile: bool = False,
@@ -52,6 +58,7 @@ class ImageClassifier(LightningModule):
             require_compile_support()
         self.optimizer_settings = _settings(OptimizerSettings, optimizer)
         self.schedule_settings = _settings(ScheduleSettings, scheduler)
+        self.mixing_settings = _settings(MixingSettings, mixing)
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         num_classes = num_classes or getattr(net, "num_classes", None)
@@ -62,6 +69,7 @@ class ImageClassifier(LightningModule):
                 "optimizer": asdict(self.optimizer_settings),
                 "scheduler": asdict(self.schedule_settings),
                 "label_smoothing": label_smoothing,
+                "mixing": asdict(self.mixing_settings),
                 "num_classes": num_classes,
             }
         )
@@ -73,6 +81,9 @@ class ImageClassifier(LightningModule):
         # Filled from the datamodule's `classes` at setup, for loggers and callbacks that show class names.
         self.class_names: tuple[str, ...] = ()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # (images, labels) → (mixed images, label distributions); None without mixing. It has no parameters or
+        # buffers: checkpoints are the same with and without it.
+        self.batch_mixing = build_batch_mixing(self.mixing_settings, num_classes)
 
         # Metrics accumulate on the device with no host sync per step: torchmetrics' NaN check (`.any()`) and
         # label validation (`torch.unique`) would each wait for the GPU. Labels are checked where data is loaded.
@@ -104,8 +115,12 @@ class ImageClassifier(LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
+        targets: torch.Tensor = labels
+        if self.batch_mixing is not None:
+            images, targets = self.batch_mixing(images, labels)
+            labels = targets.argmax(dim=1)  # each mixed image's dominant class, for train/acc
         logits = self(images)
-        loss = self.criterion(logits, labels)
+        loss = self.criterion(logits, targets)  # class indices or distributions; smoothing applies to both
         # update(), not forward(): the epoch values are all that is logged, so no per-batch value is computed.
         self.train_loss.update(loss.detach())
         self.train_acc.update(logits.detach(), labels)

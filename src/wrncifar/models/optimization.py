@@ -37,6 +37,9 @@ class OptimizerSettings:
             raise ValueError("optimizer.nesterov needs momentum > 0")
 
 
+SCHEDULES = ("cosine", "multistep", "constant", "onecycle")
+
+
 @dataclass(frozen=True)
 class ScheduleSettings:
     """Learning-rate schedule, stepped every optimizer step.
@@ -44,17 +47,20 @@ class ScheduleSettings:
     `cosine`: linear warmup over `warmup_epochs`, then cosine decay to `min_lr_ratio`·lr at the last step.
     `multistep`: linear warmup, then ×`gamma` at each epoch in `milestones` (the WRN paper: ×0.2 at 60/120/160).
     `constant`: linear warmup, then constant.
+    `onecycle`: linear rise to lr over `warmup_epochs`, then linear fall to `min_lr_ratio`·lr at the last step:
+    the piecewise-linear one-cycle of fast CIFAR training (Smith & Topin 2017; Page's DAWNBench ResNet), which
+    spends every step of a short budget either speeding up or annealing.
     """
 
-    name: Literal["cosine", "multistep", "constant"] = "cosine"
+    name: Literal["cosine", "multistep", "constant", "onecycle"] = "cosine"
     warmup_epochs: float = 0.0
     min_lr_ratio: float = 0.0
     milestones: tuple[int, ...] = field(default=(60, 120, 160))
     gamma: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.name not in ("cosine", "multistep", "constant"):
-            raise ValueError(f"scheduler.name must be cosine, multistep or constant, got {self.name!r}")
+        if self.name not in SCHEDULES:
+            raise ValueError(f"scheduler.name must be one of {', '.join(SCHEDULES)}, got {self.name!r}")
         if self.warmup_epochs < 0:
             raise ValueError(f"scheduler.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -91,6 +97,8 @@ def lr_factor(step: int, settings: ScheduleSettings, total_steps: int, steps_per
     if settings.name == "constant":
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if settings.name == "onecycle":
+        return 1.0 - (1 - settings.min_lr_ratio) * progress
     return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 

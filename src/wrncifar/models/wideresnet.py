@@ -4,6 +4,9 @@ Module names and nesting are the seed's (`input_block`, `block1`…`block6`, `po
 `flat`, `fc`; `cbrblock.cbr`; `conv_block.layer1/dropout/layer2/scale`), so a state_dict saved from the
 seed's code loads with `strict=True`. Blocks are numbered consecutively across stages; with more than two
 blocks per stage the names simply continue (`block7`, …).
+
+`PreActWideResNet` is the ablation beside it: the same widths, stages, max-pooling and global pooling, with the
+pre-activation block of the WRN paper (BN → ReLU → conv, twice; nothing after the residual addition).
 """
 
 from __future__ import annotations
@@ -109,6 +112,83 @@ class WideResNet(nn.Module):
                 out = getattr(self, name)(out)
             if stage < len(self.stage_blocks):
                 out = getattr(self, f"pool{stage}")(out)
+        return self.fc(self.flat(self.pool(out)))
+
+
+class PreActBlock(nn.Module):
+    """The WRN paper's pre-activation block: BN → ReLU → 3×3 conv → BN → ReLU → dropout → 3×3 conv, plus the input.
+
+    The sum leaves the block as it is (no ReLU after the addition), so the identity path runs through the whole
+    stage untouched. When the width changes, a bias-free 1×1 convolution of the pre-activated input is the shortcut.
+    """
+
+    def __init__(self, input_channels: int, output_channels: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(input_channels)
+        self.relu1 = nn.ReLU()
+        self.conv1 = nn.Conv2d(input_channels, output_channels, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(output_channels)
+        self.relu2 = nn.ReLU()
+        self.dropout = nn.Dropout(p=dropout)
+        self.conv2 = nn.Conv2d(output_channels, output_channels, kernel_size=3, padding=1, bias=False)
+        self.shortcut = (
+            nn.Conv2d(input_channels, output_channels, kernel_size=1, bias=False)
+            if input_channels != output_channels
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        activated = self.relu1(self.bn1(x))
+        residual = x if self.shortcut is None else self.shortcut(activated)
+        out = self.conv1(activated)
+        out = self.conv2(self.dropout(self.relu2(self.bn2(out))))
+        return out + residual
+
+
+class PreActWideResNet(nn.Module):
+    """`WideResNet` with pre-activation blocks: a 3×3 conv stem, three stages of `PreActBlock`s with max-pooling
+    between them, BN → ReLU, global pooling and the linear layer. Arguments as `WideResNet`'s.
+
+    With the seed widths it has 17,174,324 parameters, 1,120 fewer than the seed (each BatchNorm normalises a
+    convolution's input instead of its output, the projections have no bias, and a final BatchNorm is added), so
+    the comparison isolates the order of the block's operations.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 100,
+        in_channels: int = 3,
+        widths: Sequence[int] = SEED_WIDTHS,
+        blocks_per_stage: int = 2,
+        dropout: float = 0.01,
+        pooling: Pooling = "adaptive",
+    ) -> None:
+        super().__init__()
+        widths = tuple(widths)
+        _check_arguments(num_classes, in_channels, widths, blocks_per_stage, dropout, pooling)
+        self.num_classes = num_classes
+
+        self.input_block = nn.Conv2d(in_channels, widths[0], kernel_size=3, padding=1, bias=False)
+        self.stages = nn.ModuleList(
+            nn.Sequential(
+                *(PreActBlock(stage_in if i == 0 else stage_out, stage_out, dropout) for i in range(blocks_per_stage))
+            )
+            for stage_in, stage_out in itertools.pairwise(widths)
+        )
+        self.downsample = nn.MaxPool2d(2)  # between stages, as in the seed
+        self.final_bn = nn.BatchNorm2d(widths[-1])
+        self.final_relu = nn.ReLU()
+        self.pool = nn.AvgPool2d(7) if pooling == "seed" else nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.input_block(x)
+        for i, stage in enumerate(self.stages):
+            if i > 0:
+                out = self.downsample(out)
+            out = stage(out)
+        out = self.final_relu(self.final_bn(out))
         return self.fc(self.flat(self.pool(out)))
 
 
