@@ -16,6 +16,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 from torchvision.datasets import CIFAR100
 
@@ -65,6 +67,22 @@ def run_entry(script: str, args: list[str], cwd: Path = ROOT, timeout: float = 3
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def quiet_trainer(callbacks: list[Callback] | None = None, **kwargs) -> Trainer:
+    """A one-process CPU Trainer for in-process tests: no logger, progress bar or model summary; checkpoints only
+    when a ModelCheckpoint is among `callbacks`. `kwargs` go to the Trainer."""
+    callbacks = callbacks or []
+    return Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        callbacks=callbacks,
+        **kwargs,
     )
 
 

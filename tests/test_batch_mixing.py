@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.nn import functional
 
+from tests.conftest import quiet_trainer
 from wrncifar.callbacks.rng_state import RNGStateCheckpoint
 from wrncifar.data.batch_mixing import MixingSettings, build_batch_mixing
 from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
@@ -134,17 +135,7 @@ def fit_with_mixing(callbacks: list, seed: int, max_steps: int = -1, ckpt_path: 
         mixing={"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "prob": 0.8},
         scheduler={"name": "constant"},  # the same rates whatever max_steps says
     )
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        max_steps=max_steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-        callbacks=[RNGStateCheckpoint(), *callbacks],
-    )
+    trainer = quiet_trainer([RNGStateCheckpoint(), *callbacks], max_epochs=2, max_steps=max_steps, limit_val_batches=0)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     return module
 

@@ -5,6 +5,7 @@ import torch
 import torch._dynamo
 from lightning.pytorch import Trainer
 
+from tests.conftest import quiet_trainer
 from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
 from wrncifar.models.classifier import ImageClassifier
 from wrncifar.models.compilation import CompileUnavailableError, is_compiled, require_compile_support
@@ -22,15 +23,7 @@ def tiny_data() -> SyntheticCIFAR100DataModule:
 
 
 def cpu_trainer(tmp_path, **kwargs) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
+    return quiet_trainer(default_root_dir=tmp_path, **kwargs)
 
 
 @pytest.mark.slow

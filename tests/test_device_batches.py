@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from tests.conftest import quiet_trainer
 from wrncifar.data.device_batches import DeviceBatches, DeviceMemoryError, check_fits_on_device
 from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
 from wrncifar.data.transforms import CIFAR100_MEAN, CIFAR100_STD, eval_transform, train_transform
@@ -355,18 +356,8 @@ def fit(callbacks: list[Callback], ckpt_path: Path | None = None, max_steps: int
         num_workers=0,
         batch_size=16,
     )
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=EPOCHS,
-        max_steps=max_steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-        callbacks=callbacks,
+    trainer = quiet_trainer(
+        callbacks, max_epochs=EPOCHS, max_steps=max_steps, num_sanity_val_steps=0, limit_val_batches=0
     )
     trainer.fit(ImageClassifier(net), datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
 

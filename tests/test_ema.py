@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from tests.conftest import quiet_trainer
 from wrncifar.callbacks.ema import ExponentialMovingAverage
 from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
 from wrncifar.instantiation import instantiate_group
@@ -59,17 +60,12 @@ def fit(
     dm = SyntheticCIFAR100DataModule(
         num_classes=10, train_per_class=10, val_per_class=2, test_per_class=1, on_device=True, batch_size=16
     )
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
+        callbacks,
         max_epochs=EPOCHS,
         max_steps=max_steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=1 if validate else 0,
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-        callbacks=callbacks,
     )
     module = ImageClassifier(net, scheduler={"name": "constant"})  # the same rates whatever max_steps says
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)

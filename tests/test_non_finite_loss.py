@@ -6,6 +6,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
 
+from tests.conftest import quiet_trainer
 from wrncifar.callbacks.non_finite_loss import NonFiniteLossError, StopOnNonFiniteLoss
 from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
 from wrncifar.models.classifier import ImageClassifier
@@ -31,14 +32,7 @@ def fit(tmp_path, check_every_n_steps: int) -> Trainer:
     )
     module = ImageClassifier(WideResNet(num_classes=10, widths=[4, 8, 8, 8], blocks_per_stage=1))
     checkpoints = ModelCheckpoint(dirpath=tmp_path, filename="step", monitor=None, every_n_train_steps=1)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[PoisonWeights(), StopOnNonFiniteLoss(check_every_n_steps), checkpoints],
-    )
+    trainer = quiet_trainer([PoisonWeights(), StopOnNonFiniteLoss(check_every_n_steps), checkpoints], max_epochs=1)
     trainer.fit(module, datamodule=dm)
     return trainer
 
