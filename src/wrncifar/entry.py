@@ -49,9 +49,11 @@ def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
     """
     multirun = in_multirun()
     log_files_on_rank_zero_only()
+    failed = True  # until the task returns
     try:
         apply_extras(cfg)
         result = task(cfg)
+        failed = False
     except USER_ERRORS as err:
         log.error("%s", err)
         if multirun:
@@ -70,16 +72,14 @@ def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
         log.error("Run failed (%s: %s); its outputs so far are in %s", type(err).__name__, err, cfg.paths.output_dir)
         raise
     finally:
-        _finish_wandb()
+        _finish_wandb(failed)
     if multirun:
         record_job_result(cfg.paths.output_dir, result)
     return result
 
 
 def _failed_job(cfg: DictConfig, err: BaseException) -> None:
-    """Record a failed multirun job; called inside the `except` block, so W&B still sees the error."""
     record_job_result(cfg.paths.output_dir, None, err)
-    _finish_wandb()
     return None
 
 
@@ -92,11 +92,8 @@ def exit_on_user_error(step: Callable[[], T]) -> T:
         raise SystemExit(1) from err
 
 
-def _finish_wandb() -> None:
-    """Close a W&B run so the next job of a multirun starts its own; a run ended by an exception is marked
-    failed on its dashboard (called from a `finally`, where `sys.exc_info` is the exception on its way out)."""
+def _finish_wandb(failed: bool) -> None:
+    """Close a W&B run so the next job of a multirun starts its own; a failed run is marked so on its dashboard."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
-        err = sys.exc_info()[1]
-        failed = err is not None and not (isinstance(err, SystemExit) and err.code in (0, None))
         wandb.finish(exit_code=1 if failed else 0)

@@ -13,12 +13,12 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import OmegaConf
 
 from wrncifar.config_validation import ConfigError
+from wrncifar.sweep_summary import in_multirun
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def command_line_overrides() -> list[str]:
 def sweep_group_and_name() -> tuple[str, str] | None:
     """In a Hydra multirun: the sweep's id (its folder's name), shared by its jobs, and this job's name, the
     overrides the sweep varies (`model.optimizer.lr=0.05`). None in a single run."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not in_multirun():
         return None
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
