@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torchvision.transforms import v2
@@ -15,7 +15,7 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 # at a random strength per image, nothing to tune. `autoaugment`: AutoAugment's learned CIFAR-10 policy (Cubuk et
 # al. 2019), the one published CIFAR-100 results use.
 Policy = Literal["none", "trivialaugment", "autoaugment"]
-POLICIES = ("none", "trivialaugment", "autoaugment")
+POLICIES: tuple[str, ...] = get_args(Policy)
 
 IMAGE_SIZE = 32
 
