@@ -9,9 +9,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from wrncifar.cli_overrides import null_group_overrides
-from wrncifar.entry import run
-from wrncifar.evaluation import evaluate
+from wrncifar.run.command_line import hydra_arguments
+from wrncifar.run.entry import run
+from wrncifar.run.evaluation import evaluate
 
 # `paths.root_dir` resolves to the checkout holding this file, wherever the command is run from.
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
@@ -23,5 +23,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = null_group_overrides(sys.argv[1:])
+    sys.argv[1:] = hydra_arguments(sys.argv[1:], resumable=False)
     main()

@@ -9,10 +9,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from wrncifar.cli_overrides import null_group_overrides
-from wrncifar.entry import exit_on_user_error, run
-from wrncifar.resuming import resume_overrides
-from wrncifar.training import train_for_sweep
+from wrncifar.run.command_line import hydra_arguments
+from wrncifar.run.entry import run
+from wrncifar.run.fit_and_test import train_for_sweep
 
 # `paths.root_dir` resolves to the checkout holding this file, wherever the command is run from.
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
@@ -24,5 +23,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = exit_on_user_error(lambda: resume_overrides(null_group_overrides(sys.argv[1:])))
+    sys.argv[1:] = hydra_arguments(sys.argv[1:], resumable=True)
     main()

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 from torchvision.datasets import CIFAR100
 
-from wrncifar.cli_overrides import null_group_overrides
+from wrncifar.run.command_line import null_group_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

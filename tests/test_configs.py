@@ -9,8 +9,8 @@ from hydra.utils import instantiate
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
 from tests.conftest import CONFIGS, run_entry
-from wrncifar.config_validation import validate_config
-from wrncifar.instantiation import instantiate_group
+from wrncifar.run.config_validation import validate_config
+from wrncifar.run.fit_and_test import instantiate_group
 
 # Trainer options made for GPUs are instantiated on the CPU here; everything else in them is kept.
 ON_CPU = ["trainer.accelerator=cpu", "trainer.devices=1"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import TINY_SYNTHETIC
-from wrncifar.training import train
+from wrncifar.run.fit_and_test import train
 
 EXPERIMENTS = ["wrn_cifar100", "wrn_cifar100_fast", "wrn_cifar100_strong"]
 

@@ -11,7 +11,6 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from wrncifar.argument_checks import require_positive_int
 from wrncifar.data.transforms import CIFAR100_MEAN, CIFAR100_STD
 
 PREDICTION_COLUMNS = ["image", "true class", "predicted class", "confidence"]
@@ -38,8 +37,9 @@ class WandbMedia(Callback):
         mean: Sequence[float] = CIFAR100_MEAN,
         std: Sequence[float] = CIFAR100_STD,
     ) -> None:
-        require_positive_int("every_n_val_epochs", every_n_val_epochs)
-        require_positive_int("num_samples", num_samples)
+        for name, value in [("every_n_val_epochs", every_n_val_epochs), ("num_samples", num_samples)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.every_n_val_epochs = every_n_val_epochs
         self.num_samples = num_samples
         self.mean = torch.tensor(mean).view(-1, 1, 1)

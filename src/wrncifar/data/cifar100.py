@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
-from wrncifar.argument_checks import require_positive_int
 from wrncifar.data.arrays import ImageArrays, stratified_split
 from wrncifar.data.cifar100_sources import load_cifar100, prepare_cifar100
 from wrncifar.data.device_batches import DeviceBatches, check_fits_on_device
@@ -24,7 +24,6 @@ from wrncifar.data.transforms import (
     eval_transform,
     train_transform,
 )
-from wrncifar.distributed import eval_sampler
 
 
 class ImageDataset(Dataset):
@@ -42,10 +41,30 @@ class ImageDataset(Dataset):
         return self.transform(self.images[index]), self.labels[index]
 
 
+def require_positive_int(name: str, value: object) -> None:
+    """ValueError naming `name` unless `value` is an int > 0 (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def default_num_workers() -> int:
     """One loader worker per available core, at most 8 (more does not help 32×32 images)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(8, cores))
+
+
+def eval_sampler(dataset: Dataset, trainer: Trainer | None) -> UnrepeatedDistributedSampler | None:
+    """Under DDP, each process's share of a validation or test set: every world_size-th image, none repeated.
+
+    Lightning's default DistributedSampler pads the last round with repeated images so that every process gets
+    as many; those would count twice in val/test metrics. Here the processes' counts may differ by one (safe in
+    evaluation, where DDP syncs nothing per batch), and the metrics, synchronised by torchmetrics, are exact.
+    """
+    if trainer is None or trainer.world_size < 2:
+        return None
+    return UnrepeatedDistributedSampler(
+        dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+    )
 
 
 class CIFAR100DataModule(LightningDataModule):

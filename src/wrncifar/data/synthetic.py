@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from wrncifar.argument_checks import require_positive_int
 from wrncifar.data.arrays import ImageArrays
-from wrncifar.data.cifar100 import CIFAR100DataModule
+from wrncifar.data.cifar100 import CIFAR100DataModule, require_positive_int
 
 
 def make_synthetic_arrays(
@@ -43,7 +42,8 @@ class SyntheticCIFAR100DataModule(CIFAR100DataModule):
         test_per_class: test images per class.
         seed: seed of the images; the same seed gives the same dataset.
         noise: standard deviation of the per-pixel noise, in 0–255 pixel units.
-        **kwargs: loader and split settings of `CIFAR100DataModule` (batch_size, val_per_class, …).
+        **kwargs: loader and split settings of `CIFAR100DataModule` (batch_size, val_per_class, …); its
+            `data_dir` is not read, and `download` may only be false.
     """
 
     def __init__(
@@ -56,6 +56,8 @@ class SyntheticCIFAR100DataModule(CIFAR100DataModule):
         **kwargs: object,
     ) -> None:
         kwargs.setdefault("val_per_class", 10)
+        if kwargs.pop("download", False):
+            raise ValueError("download: synthetic data is generated, not downloaded; set data.download=false")
         super().__init__(download=False, **kwargs)
         for name, value in [
             ("num_classes", num_classes),

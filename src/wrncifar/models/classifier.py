@@ -13,7 +13,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from wrncifar.data.batch_mixing import MixingSettings, build_batch_mixing
+from wrncifar.models.batch_mixing import MixingSettings, build_batch_mixing
 from wrncifar.models.compilation import is_compiled, require_compile_support
 from wrncifar.models.optimization import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -37,7 +37,8 @@ class OptimizerSettings:
             raise ValueError("optimizer.nesterov needs momentum > 0")
 
 
-SCHEDULES = ("cosine", "multistep", "constant", "onecycle")
+Schedule = Literal["cosine", "multistep", "constant", "onecycle"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class ScheduleSettings:
     spends every step of a short budget either speeding up or annealing.
     """
 
-    name: Literal["cosine", "multistep", "constant", "onecycle"] = "cosine"
+    name: Schedule = "cosine"
     warmup_epochs: float = 0.0
     min_lr_ratio: float = 0.0
     milestones: tuple[int, ...] = field(default=(60, 120, 160))

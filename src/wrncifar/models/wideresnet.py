@@ -18,8 +18,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from wrncifar.argument_checks import require_positive_int
-
 Pooling = Literal["adaptive", "seed"]
 
 # Seed channels: 3 → 16 (stem) → 160 → 320 → 640, i.e. WRN-16-10's widths with the seed's stem.
@@ -60,19 +58,9 @@ class conv_block(nn.Module):  # noqa: N801 - the seed's name
         return out + residual
 
 
-class WideResNet(nn.Module):
-    """The seed WideResNet: a stem, three stages of residual blocks with max-pooling between, global pooling, fc.
-
-    Args:
-        num_classes: outputs of the final linear layer.
-        in_channels: channels of the input image.
-        widths: stem width followed by the width of each of the three stages.
-        blocks_per_stage: residual blocks per stage (the seed uses 2).
-        dropout: dropout probability between the two convolutions of each block (the seed uses 0.01).
-        pooling: `adaptive` averages the whole final feature map, whatever the input size. `seed` is the seed's
-            `AvgPool2d(7)`: on 32×32 inputs the final map is 8×8 and it averages only the top-left 7×7 of it
-            (the last row and column are dropped); it needs a final map of at least 7×7 (inputs ≥ 28×28).
-    """
+class _StagedNetwork(nn.Module):
+    """The constructor both networks share: check the arguments, build the body (`_build`, per network), then the
+    head every variant ends with (global pooling, flatten, linear layer), registered last as in the seed."""
 
     def __init__(
         self,
@@ -87,7 +75,30 @@ class WideResNet(nn.Module):
         widths = tuple(widths)
         _check_arguments(num_classes, in_channels, widths, blocks_per_stage, dropout, pooling)
         self.num_classes = num_classes
+        self._build(in_channels, widths, blocks_per_stage, dropout)
+        self.pool = nn.AvgPool2d(7) if pooling == "seed" else nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(widths[-1], num_classes)
 
+    def _build(self, in_channels: int, widths: tuple[int, ...], blocks_per_stage: int, dropout: float) -> None:
+        raise NotImplementedError
+
+
+class WideResNet(_StagedNetwork):
+    """The seed WideResNet: a stem, three stages of residual blocks with max-pooling between, global pooling, fc.
+
+    Args:
+        num_classes: outputs of the final linear layer.
+        in_channels: channels of the input image.
+        widths: stem width followed by the width of each of the three stages.
+        blocks_per_stage: residual blocks per stage (the seed uses 2).
+        dropout: dropout probability between the two convolutions of each block (the seed uses 0.01).
+        pooling: `adaptive` averages the whole final feature map, whatever the input size. `seed` is the seed's
+            `AvgPool2d(7)`: on 32×32 inputs the final map is 8×8 and it averages only the top-left 7×7 of it
+            (the last row and column are dropped); it needs a final map of at least 7×7 (inputs ≥ 28×28).
+    """
+
+    def _build(self, in_channels: int, widths: tuple[int, ...], blocks_per_stage: int, dropout: float) -> None:
         self.input_block = cbrblock(in_channels, widths[0])
         # Attribute names of each stage's blocks; the attributes themselves carry the seed's names.
         self.stage_blocks: tuple[tuple[str, ...], ...] = tuple(
@@ -101,9 +112,6 @@ class WideResNet(nn.Module):
                 setattr(self, name, block)
             if stage < len(self.stage_blocks):
                 setattr(self, f"pool{stage}", nn.MaxPool2d(2))
-        self.pool = nn.AvgPool2d(7) if pooling == "seed" else nn.AdaptiveAvgPool2d(1)
-        self.flat = nn.Flatten()
-        self.fc = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.input_block(x)
@@ -145,7 +153,7 @@ class PreActBlock(nn.Module):
         return out + residual
 
 
-class PreActWideResNet(nn.Module):
+class PreActWideResNet(_StagedNetwork):
     """`WideResNet` with pre-activation blocks: a 3×3 conv stem, three stages of `PreActBlock`s with max-pooling
     between them, BN → ReLU, global pooling and the linear layer. Arguments as `WideResNet`'s.
 
@@ -154,20 +162,7 @@ class PreActWideResNet(nn.Module):
     the comparison isolates the order of the block's operations.
     """
 
-    def __init__(
-        self,
-        num_classes: int = 100,
-        in_channels: int = 3,
-        widths: Sequence[int] = SEED_WIDTHS,
-        blocks_per_stage: int = 2,
-        dropout: float = 0.01,
-        pooling: Pooling = "adaptive",
-    ) -> None:
-        super().__init__()
-        widths = tuple(widths)
-        _check_arguments(num_classes, in_channels, widths, blocks_per_stage, dropout, pooling)
-        self.num_classes = num_classes
-
+    def _build(self, in_channels: int, widths: tuple[int, ...], blocks_per_stage: int, dropout: float) -> None:
         self.input_block = nn.Conv2d(in_channels, widths[0], kernel_size=3, padding=1, bias=False)
         self.stages = nn.ModuleList(
             nn.Sequential(
@@ -178,9 +173,6 @@ class PreActWideResNet(nn.Module):
         self.downsample = nn.MaxPool2d(2)  # between stages, as in the seed
         self.final_bn = nn.BatchNorm2d(widths[-1])
         self.final_relu = nn.ReLU()
-        self.pool = nn.AvgPool2d(7) if pooling == "seed" else nn.AdaptiveAvgPool2d(1)
-        self.flat = nn.Flatten()
-        self.fc = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.input_block(x)
@@ -210,10 +202,15 @@ def _check_arguments(
         ("in_channels", in_channels),
         ("blocks_per_stage", blocks_per_stage),
     ]:
-        require_positive_int(name, value)
-    if any(isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in widths):
+        if not _is_positive_int(value):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not all(_is_positive_int(w) for w in widths):
         raise ValueError(f"widths must all be positive integers, got {list(widths)}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if pooling not in ("adaptive", "seed"):
         raise ValueError(f"pooling must be 'adaptive' or 'seed', got {pooling!r}")
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -1,0 +1,91 @@
+"""The wrapper both entry points run their task in: set-up, one clear message for user errors, the job's record
+in a sweep, clean-up."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from hydra.errors import InstantiationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
+
+from wrncifar.callbacks.non_finite_loss import NonFiniteLossError
+from wrncifar.data.cifar100_sources import CorruptDatasetError, DatasetNotFoundError
+from wrncifar.data.device_batches import DeviceMemoryError
+from wrncifar.models.compilation import CompileUnavailableError
+from wrncifar.run.checkpoints import CheckpointError, CheckpointWriteError
+from wrncifar.run.config_validation import ConfigError
+from wrncifar.run.distributed import log_files_on_rank_zero_only
+from wrncifar.run.extras import apply_extras
+from wrncifar.sweeps.summary import in_multirun, record_job_result
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Mistakes in the user's input: their message says what to fix, so a traceback would only hide it.
+# Hydra's InstantiationException carries the constructor's own ValueError and the config key.
+USER_ERRORS = (
+    ConfigError,
+    DatasetNotFoundError,
+    CorruptDatasetError,
+    DeviceMemoryError,
+    CompileUnavailableError,
+    CheckpointError,
+    CheckpointWriteError,
+    NonFiniteLossError,
+    InstantiationException,
+)
+
+
+def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
+    """Run `task(cfg)`; exit 1 with the message alone for user errors, log and re-raise anything else.
+
+    In a multirun, a failed job is recorded (see `sweep_summary`) and returns None instead, so that the
+    other jobs still run; the sweep exits 1 at its end. A signal stops the whole sweep.
+    """
+    multirun = in_multirun()
+    log_files_on_rank_zero_only()
+    failed = True  # until the task returns
+    try:
+        apply_extras(cfg)
+        result = task(cfg)
+        failed = False
+    except USER_ERRORS as err:
+        log.error("%s", err)
+        if multirun:
+            return _failed_job(cfg, err)
+        raise SystemExit(1) from err
+    except SIGTERMException as err:  # preempted: `CheckpointOnSignal` saved last.ckpt and set the signal
+        signum = getattr(err, "signum", signal.SIGTERM)
+        log.warning("Stopped by %s; resume with resume=%s", signal.Signals(signum).name, cfg.paths.output_dir)
+        raise SystemExit(128 + signum) from err
+    except Exception as err:
+        if multirun:  # the traceback goes to the job's log; Hydra would otherwise stop the sweep with it
+            where = cfg.paths.output_dir
+            log.exception("Job failed (%s: %s); its outputs so far are in %s", type(err).__name__, err, where)
+            return _failed_job(cfg, err)
+        # Hydra prints the traceback next; the log file gets the one-line summary.
+        log.error("Run failed (%s: %s); its outputs so far are in %s", type(err).__name__, err, cfg.paths.output_dir)
+        raise
+    finally:
+        _finish_wandb(failed)
+    if multirun:
+        record_job_result(cfg.paths.output_dir, result)
+    return result
+
+
+def _failed_job(cfg: DictConfig, err: BaseException) -> None:
+    record_job_result(cfg.paths.output_dir, None, err)
+    return None
+
+
+def _finish_wandb(failed: bool) -> None:
+    """Close a W&B run so the next job of a multirun starts its own; a failed run is marked so on its dashboard."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1 if failed else 0)

@@ -1,0 +1,162 @@
+"""Evaluate a checkpoint on the test set from a composed Hydra config."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from wrncifar.analysis.evaluation_report import build_report, write_report
+from wrncifar.analysis.predictions import TTA, predict
+from wrncifar.analysis.report_plots import save_report_plots
+from wrncifar.run.checkpoints import check_compatible, load_checkpoint
+from wrncifar.run.config_validation import ConfigError, check_num_classes, validate_config
+from wrncifar.run.fit_and_test import instantiate_group, metrics_as_floats
+
+log = logging.getLogger(__name__)
+
+# Groups taken from the training run's saved config, so `eval.py ckpt_path=…` rebuilds the same network
+# and data source without repeating the training overrides.
+RUN_GROUPS = ("model", "data")
+# How far above a checkpoint its run's `.hydra/` folder may be (<run>/checkpoints/x.ckpt, <run>/csv/…/x.ckpt).
+RUN_DIR_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """The `eval` node of eval.yaml.
+
+    Args:
+        report: write the evaluation report after testing.
+        tta: "flip" adds horizontal-flip test-time augmentation, reported beside the plain result.
+        report_dir: where to write it; None: `<run_dir>/eval_report/<checkpoint name>/` next to the training run.
+    """
+
+    report: bool = True
+    tta: TTA = "none"
+    report_dir: str | None = None
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test `cfg.ckpt_path`; writes `test_metrics.json` to the output directory and returns the metrics.
+
+    With `eval.report` (the default) it also writes the evaluation report (see `write_evaluation_report`).
+    """
+    given = cfg.get("ckpt_path")
+    if not given:
+        raise ConfigError("ckpt_path is required: python src/eval.py ckpt_path=<run_dir>/checkpoints/<name>.ckpt")
+    ckpt_path = Path(str(given))
+    if not ckpt_path.is_file():
+        raise ConfigError(f"ckpt_path={given} is not a file: pass ckpt_path=<run_dir>/checkpoints/<name>.ckpt")
+    adopt_training_run_config(cfg, ckpt_path)
+    validate_config(cfg, {"eval": ReportSettings})
+    settings = ReportSettings(**cfg.get("eval", {}))
+
+    datamodule: LightningDataModule = instantiate(cfg.data)
+    model: LightningModule = instantiate(cfg.model)
+    check_num_classes(model, datamodule)
+    trainer: Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
+    if settings.report and trainer.world_size > 1:
+        raise ConfigError(
+            f"the evaluation report runs in one process, but the trainer has {trainer.world_size}: "
+            "evaluate on one device (trainer.devices=1) or turn the report off (eval.report=false)"
+        )
+    check_compatible(model, load_checkpoint(ckpt_path), ckpt_path)
+    trainer.test(model, datamodule=datamodule, ckpt_path=str(ckpt_path), weights_only=True)
+
+    metrics = metrics_as_floats(trainer.callback_metrics)
+    out = Path(cfg.paths.output_dir) / "test_metrics.json"
+    out.write_text(json.dumps({"ckpt_path": str(ckpt_path.resolve()), **metrics}, indent=2) + "\n")
+    log.info("Test metrics written to %s", out)
+    if settings.report:
+        report_dir = report_directory(settings.report_dir, ckpt_path, Path(cfg.paths.output_dir))
+        write_evaluation_report(trainer, model, datamodule, settings.tta, ckpt_path, cfg.data, report_dir)
+    return metrics
+
+
+def write_evaluation_report(
+    trainer: Trainer,
+    model: LightningModule,
+    datamodule: LightningDataModule,
+    tta: TTA,
+    ckpt_path: Path,
+    data_cfg: DictConfig,
+    report_dir: Path,
+) -> Path:
+    """`report.json`, `predictions.npz` and the PNG plots of the tested model (it holds the checkpoint's weights
+    once `trainer.test` has run) on the test set, with the trainer's device and precision; returns the JSON's path.
+    """
+    model.to(trainer.strategy.root_device)
+    predictions = predict(model, datamodule.test_dataloader(), tta, trainer.precision_plugin.forward_context)
+    # The data it was tested on, resolved: enough to rebuild the test images (the notebook's gallery). A relative
+    # data_dir is relative to where eval.py ran, so it is made absolute.
+    data: dict = OmegaConf.to_container(data_cfg, resolve=True)  # type: ignore[assignment]
+    if data.get("data_dir"):
+        data["data_dir"] = str(Path(data["data_dir"]).resolve())
+    report = {
+        "ckpt_path": str(ckpt_path.resolve()),
+        "tta": tta,
+        "data": data,
+        **build_report(
+            predictions,
+            getattr(datamodule, "classes", ()),
+            getattr(datamodule, "superclasses", ()),
+            getattr(datamodule, "fine_to_coarse", ()),
+        ),
+    }
+    path = write_report(report, predictions, report_dir)
+    save_report_plots(report, report_dir)
+    log.info("Evaluation report (top-1 %.4f) written to %s", report["results"]["plain"]["top1"], report_dir)
+    return path
+
+
+def report_directory(given: str | None, ckpt_path: Path, output_dir: Path) -> Path:
+    """`given`, else `<run_dir>/eval_report/<checkpoint name>/` beside the training run (this run's output
+    directory when the checkpoint is not inside one)."""
+    if given:
+        return Path(given)
+    return (training_run_dir(ckpt_path) or output_dir) / "eval_report" / ckpt_path.stem
+
+
+def training_run_dir(ckpt_path: Path) -> Path | None:
+    """The folder of the run that wrote `ckpt_path`: the nearest one above it with a `.hydra/config.yaml`."""
+    for folder in list(ckpt_path.resolve().parents)[:RUN_DIR_DEPTH]:
+        if (folder / ".hydra" / "config.yaml").is_file():
+            return folder
+    return None
+
+
+def training_run_config(ckpt_path: Path) -> DictConfig | None:
+    """The config Hydra saved for the run that wrote `ckpt_path`."""
+    run_dir = training_run_dir(ckpt_path)
+    return None if run_dir is None else OmegaConf.load(run_dir / ".hydra" / "config.yaml")  # type: ignore[return-value]
+
+
+def adopt_training_run_config(cfg: DictConfig, ckpt_path: Path) -> None:
+    """Use the training run's `model` and `data` configs, then re-apply this command line's overrides of them.
+
+    `model=…` / `data=…` on this command line keep this config's choice; `data.eval_batch_size=64` and the like
+    are applied on top of the run's config.
+    """
+    run_cfg = training_run_config(ckpt_path)
+    if run_cfg is None:
+        return
+    overrides = OverridesParser.create().parse_overrides(
+        list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    )
+    for group in RUN_GROUPS:
+        if group not in run_cfg or any(o.key_or_group == group for o in overrides):
+            continue
+        with open_dict(cfg):
+            cfg[group] = run_cfg[group]
+            for o in overrides:
+                if o.key_or_group.startswith(f"{group}.") and not o.is_delete():
+                    OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True, force_add=True)
+        log.info("Using the %s config of the training run that wrote %s", group, ckpt_path)

@@ -1,0 +1,117 @@
+"""The orchestration of a training run from its composed Hydra config: check the config, instantiate data, model,
+loggers, callbacks and trainer, fit, test the best checkpoint, and return the metrics a sweep reads.
+
+The training step itself is `wrncifar.models.classifier.ImageClassifier.training_step`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig
+
+from wrncifar.run.checkpoints import check_compatible, load_checkpoint
+from wrncifar.run.config_validation import ConfigError, check_num_classes, validate_config
+from wrncifar.run.distributed import check_launch
+from wrncifar.run.resuming import checkpoint_to_resume
+from wrncifar.run.tracking import group_sweep_jobs, keep_wandb_run, log_run_config
+from wrncifar.sweeps.summary import in_multirun
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit `cfg.model` on `cfg.data` and, if `cfg.test`, test the best checkpoint. Returns the final metrics.
+
+    With `train=false test=true ckpt_path=…` it only tests that checkpoint.
+    """
+    validate_config(cfg)
+    if cfg.get("seed") is not None:
+        seed_everything(cfg.seed, workers=True)
+    if cfg.get("matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.matmul_precision)
+
+    resume_from = checkpoint_to_resume(cfg)  # checked before anything is built: a bad path fails at once
+    datamodule: LightningDataModule = instantiate(cfg.data)
+    model: LightningModule = instantiate(cfg.model)
+    check_num_classes(model, datamodule)
+    if resume_from is not None:
+        check_compatible(model, load_checkpoint(resume_from), resume_from)
+    if cfg.get("resume"):
+        keep_wandb_run(cfg)
+    group_sweep_jobs(cfg)
+    loggers = instantiate_group(cfg.get("logger"))
+    callbacks = _without_logger_only_callbacks(instantiate_group(cfg.get("callbacks")), has_logger=bool(loggers))
+    trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    check_launch(trainer, multirun=in_multirun(), sync_batchnorm=bool(cfg.trainer.get("sync_batchnorm")))
+    log_run_config(trainer, cfg, model)
+
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    metrics = metrics_as_floats(trainer.callback_metrics)
+
+    if cfg.get("test", True):
+        ckpt_path = _checkpoint_to_test(trainer, cfg)
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        metrics |= metrics_as_floats(trainer.callback_metrics)
+
+    log.info("Outputs: %s", cfg.paths.output_dir)
+    return metrics
+
+
+def train_for_sweep(cfg: DictConfig) -> float | None:
+    """`train`, then the value of `cfg.optimized_metric` (what Hydra sweepers read); None when only testing."""
+    metrics = train(cfg)
+    if not cfg.get("train", True) and cfg.get("optimized_metric") not in metrics:
+        return None
+    return optimized_metric_value(metrics, cfg.get("optimized_metric"))
+
+
+def _without_logger_only_callbacks(callbacks: list[Callback], has_logger: bool) -> list[Callback]:
+    """Drop callbacks that refuse to run without a logger (LearningRateMonitor) when logging is off."""
+    if has_logger:
+        return callbacks
+    kept = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if len(kept) < len(callbacks):
+        log.info("No logger: the learning-rate monitor is switched off.")
+    return kept
+
+
+def _checkpoint_to_test(trainer: Trainer, cfg: DictConfig) -> str | None:
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        log.info("Testing the best checkpoint: %s", best)
+        return best
+    if not cfg.get("train", True) and cfg.get("ckpt_path"):
+        return str(cfg.ckpt_path)
+    log.warning("No checkpoint was saved: testing the weights as they are now.")
+    return None
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """The objects of a config group whose entries are named configs (`model_checkpoint: {_target_: …}`):
+    the `callbacks` and `logger` groups."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+
+
+def metrics_as_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """`trainer.callback_metrics` (tensors) as plain floats."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, torch.Tensor | int | float)}
+
+
+def optimized_metric_value(metrics: Mapping[str, float], name: str | None) -> float | None:
+    """The value a sweep optimises; a clear error when the run did not produce it."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise ConfigError(f"optimized_metric {name!r} was not logged; logged metrics: {', '.join(sorted(metrics))}")
+    value = metrics[name]
+    log.info("%s = %s", name, value)
+    return value

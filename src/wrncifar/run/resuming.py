@@ -1,0 +1,50 @@
+"""`resume=<run_dir>`: rerun a training run's own command in its own folder, from its newest valid checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, open_dict
+
+from wrncifar.run.checkpoints import CheckpointError, load_checkpoint, newest_valid_checkpoint
+
+log = logging.getLogger(__name__)
+
+# Overrides of the first command that the resumed command sets itself.
+OWN_KEYS = ("resume", "ckpt_path", "hydra.run.dir")
+
+
+def resume_overrides(args: list[str]) -> list[str]:
+    """With `resume=<run_dir>` among `args`: the run's saved overrides, then the other `args` (which win), then
+    `hydra.run.dir=<run_dir>` so that outputs, logs and checkpoints continue in the same folder.
+
+    Raises CheckpointError when `<run_dir>` is not a training run's folder.
+    """
+    given = [a for a in args if a.startswith("resume=")]
+    if not given or given[-1] in ("resume=null", "resume="):
+        return args
+    run_dir = Path(given[-1].split("=", 1)[1]).expanduser().resolve()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise CheckpointError(f"resume={run_dir}: not a training run's folder (no .hydra/overrides.yaml in it)")
+    first = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.lstrip("+~").startswith(OWN_KEYS)]
+    rest = [a for a in args if not a.startswith("resume=")]
+    return [*first, *rest, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
+
+
+def checkpoint_to_resume(cfg: DictConfig) -> Path | None:
+    """The checkpoint `cfg` resumes from, checked to load: `ckpt_path` as given, or with `resume` the newest
+    valid checkpoint of that run (last.ckpt, else the newest that loads). Sets `cfg.ckpt_path` to it."""
+    if cfg.get("resume"):
+        path = newest_valid_checkpoint(Path(cfg.resume) / "checkpoints")
+        log.info("Resuming %s from %s", cfg.resume, path)
+    elif cfg.get("ckpt_path"):
+        path = Path(str(cfg.ckpt_path))
+        load_checkpoint(path)
+    else:
+        return None
+    with open_dict(cfg):
+        cfg.ckpt_path = str(path)
+    return path

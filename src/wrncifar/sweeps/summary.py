@@ -1,0 +1,137 @@
+"""The summary of a Hydra multirun: each job's overrides, status and optimized metric, best first.
+
+Every job records its own result in `<job dir>/job_result.json` (written by `wrncifar.run.entry.run`, on rank 0),
+whatever launcher ran it: in this process, in local subprocesses or on SLURM nodes. At the end of the sweep,
+`SweepSummary` (a Hydra callback, in the process that launched the jobs) reads them back and writes
+`sweep_summary.csv` and `sweep_summary.md` to the sweep folder, and prints the table. A job that left no
+record was killed (or is still running) and is listed as such.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+from wrncifar.analysis.run_logs import SweepRun, sweep_runs, varying_overrides
+
+log = logging.getLogger(__name__)
+
+JOB_RESULT = "job_result.json"
+SUMMARY_CSV = "sweep_summary.csv"
+SUMMARY_MD = "sweep_summary.md"
+NO_RESULT = "no result"  # the job left no record: killed, out of memory, or still running
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (`-m`, or a config that sets hydra.mode)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@rank_zero_only
+def record_job_result(job_dir: str | Path, value: Any, error: BaseException | None = None) -> None:
+    """Write the job's status ("completed" or "failed"), its optimized metric and its error to JOB_RESULT."""
+    record = {
+        "status": "failed" if error else "completed",
+        "value": float(value) if isinstance(value, int | float) else None,
+        "error": " ".join(f"{type(error).__name__}: {error}".split()) if error else None,  # one line
+    }
+    Path(job_dir).mkdir(parents=True, exist_ok=True)
+    (Path(job_dir) / JOB_RESULT).write_text(json.dumps(record, indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """One job of a sweep: its folder and overrides, and what it recorded."""
+
+    run: SweepRun
+    status: str
+    value: float | None
+    error: str | None
+
+    @property
+    def job(self) -> str:
+        return self.run.run_dir.name
+
+
+def summarize(sweep_dir: Path, mode: Literal["max", "min"] = "max") -> list[JobSummary]:
+    """The jobs of `sweep_dir`, best first: completed jobs by their value, then the rest in job order."""
+    jobs = []
+    for run in sweep_runs(sweep_dir):
+        path = run.run_dir / JOB_RESULT
+        record = json.loads(path.read_text()) if path.is_file() else {"status": NO_RESULT}
+        jobs.append(JobSummary(run, record["status"], record.get("value"), record.get("error")))
+    sign = -1 if mode == "max" else 1
+
+    def rank(job: JobSummary) -> tuple[int, float]:
+        ranked = job.status == "completed" and job.value is not None and not math.isnan(job.value)
+        return (0, sign * job.value) if ranked else (1, 0.0)  # type: ignore[operator]
+
+    return sorted(jobs, key=rank)  # stable: unranked jobs stay in job order
+
+
+def summary_rows(jobs: list[JobSummary], metric: str) -> tuple[list[str], list[list[str]]]:
+    """A header and one row per job: job, status, the metric, then the overrides the sweep varied."""
+    runs = [job.run for job in jobs]
+    keys = varying_overrides(runs) or sorted({k for run in runs for k in run.overrides})
+    header = ["job", "status", metric, *keys, "error"]
+    rows = [
+        [
+            job.job,
+            job.status,
+            "" if job.value is None else f"{job.value:.6g}",
+            *(job.run.overrides.get(k, "") for k in keys),
+            job.error or "",
+        ]
+        for job in jobs
+    ]
+    return header, rows
+
+
+def write_summary(sweep_dir: Path, metric: str, mode: Literal["max", "min"] = "max") -> list[JobSummary]:
+    """Write SUMMARY_CSV and SUMMARY_MD to `sweep_dir`, print the table, and return the jobs, best first."""
+    jobs = summarize(sweep_dir, mode)
+    header, rows = summary_rows(jobs, metric)
+    with (sweep_dir / SUMMARY_CSV).open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    table = [header, ["---"] * len(header), *rows]
+    markdown = "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table)
+    (sweep_dir / SUMMARY_MD).write_text(f"# Sweep {sweep_dir}\n\n{markdown}\n")
+    log.info("Sweep summary (%s, best first), also in %s:\n%s", metric, sweep_dir / SUMMARY_MD, markdown)
+    return jobs
+
+
+class SweepSummary(Callback):
+    """Hydra callback: at the end of a multirun, write and print the sweep summary.
+
+    The multirun then exits with status 1 when any job failed or left no result, after every job has run.
+
+    Args:
+        mode: "max" when a higher optimized metric is better (accuracy), "min" for a loss.
+    """
+
+    def __init__(self, mode: Literal["max", "min"] = "max") -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.mode = mode
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        jobs = write_summary(sweep_dir, str(config.get("optimized_metric") or "result"), self.mode)
+        failed = [job for job in jobs if job.status != "completed"]
+        if failed:
+            names = ", ".join(f"{job.job} ({job.status})" for job in failed)
+            log.error("%d of %d jobs did not complete: %s. See %s", len(failed), len(jobs), names, sweep_dir)
+            raise SystemExit(1)

@@ -1,0 +1,167 @@
+"""Augmentation options: Cutout on both data paths (same square, same uniform placement, resumable on the device),
+the TrivialAugment/AutoAugment policies on the CPU path, and the datamodule's checks of the options."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from wrncifar.data.device_batches import DeviceBatches
+from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
+from wrncifar.data.transforms import CIFAR100_MEAN, CIFAR100_STD, eval_transform, train_transform
+from wrncifar.run.config_validation import ConfigError, validate_config
+
+CUTOUT = 16
+CORNERS = 32 - CUTOUT + 1  # top-left positions per axis of a square that fits inside the image: 0..16
+SAMPLES = 4096  # ~14 per corner cell
+
+
+def chi2_quantile_999(dof: int) -> float:
+    """The 0.999 quantile of chi-square with `dof` degrees of freedom (Wilson–Hilferty, accurate to <1% here)."""
+    z = 3.0902  # standard normal 0.999 quantile
+    return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
+
+
+def white_images(n: int) -> torch.Tensor:
+    """uint8 images of 255: normalised, every pixel is > 0, so the zeros are exactly what Cutout erased."""
+    return torch.full((n, 3, 32, 32), 255, dtype=torch.uint8)
+
+
+def cutout_corners(images: torch.Tensor) -> torch.Tensor:
+    """Top-left (row, column) of each image's erased square, after checking it is one CUTOUT×CUTOUT square of 0."""
+    erased = (images == 0).all(dim=1)  # n × 32 × 32, erased in every channel
+    assert torch.equal((images == 0).any(dim=1), erased), "Cutout erases all channels alike"
+    assert (erased.sum(dim=(1, 2)) == CUTOUT * CUTOUT).all(), "each image loses exactly one whole square"
+    rows, cols = erased.any(dim=2).float().argmax(dim=1), erased.any(dim=1).float().argmax(dim=1)
+    span = torch.arange(32)
+    in_rows = (span >= rows[:, None]) & (span < rows[:, None] + CUTOUT)
+    in_cols = (span >= cols[:, None]) & (span < cols[:, None] + CUTOUT)
+    assert torch.equal(erased, in_rows[:, :, None] & in_cols[:, None, :]), "the erased pixels form a square"
+    return torch.stack([rows, cols], dim=1)
+
+
+def assert_uniform_corners(corners: torch.Tensor) -> None:
+    assert corners.min() >= 0 and corners.max() < CORNERS
+    counts = torch.bincount(corners[:, 0] * CORNERS + corners[:, 1], minlength=CORNERS**2).double()
+    expected = len(corners) / CORNERS**2
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < chi2_quantile_999(CORNERS**2 - 1), f"Cutout corners not uniform: chi-square {chi2:.1f}"
+
+
+def test_cpu_cutout_erases_one_16px_square_to_the_mean_placed_uniformly_inside_the_image() -> None:
+    torch.manual_seed(0)
+    transform = train_transform(crop_padding=0, flip=False, cutout=CUTOUT)
+    images = torch.stack([transform(image) for image in white_images(SAMPLES)])
+    assert_uniform_corners(cutout_corners(images))
+    # Outside the square the image is the plain normalised one.
+    plain = eval_transform()(white_images(1))
+    assert torch.equal(images[images != 0].unique(), plain.unique())
+
+
+def test_device_cutout_has_the_cpu_distribution() -> None:
+    n = 2048
+    batches = DeviceBatches(
+        white_images(n), torch.arange(n), 1024, CIFAR100_MEAN, CIFAR100_STD, train=True, crop_padding=0,
+        flip=False, cutout=CUTOUT, seed=1,
+    )  # fmt: skip
+    images = []
+    for number in range(SAMPLES // n):
+        batches.sampler.set_epoch(number)
+        images += [batch for batch, _ in batches]
+    assert_uniform_corners(cutout_corners(torch.cat(images)))
+
+
+def device_epoch(cutout: int, seed: int = 3, epoch: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    images = torch.randint(1, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batches = DeviceBatches(
+        images, torch.arange(40), 8, CIFAR100_MEAN, CIFAR100_STD, train=True, cutout=cutout, seed=seed
+    )
+    batches.sampler.set_epoch(epoch)
+    return list(batches)
+
+
+def test_device_cutout_keeps_the_order_crops_and_flips_of_the_seed() -> None:
+    for (with_cut, labels), (without, plain_labels) in zip(device_epoch(CUTOUT), device_epoch(0), strict=True):
+        assert torch.equal(labels, plain_labels)
+        erased = (with_cut == 0).all(dim=1, keepdim=True).expand_as(with_cut)
+        assert (erased.sum(dim=(1, 2, 3)) >= 3 * CUTOUT * CUTOUT).all()
+        assert torch.equal(with_cut[~erased], without[~erased])
+
+
+def test_device_cutout_resumes_mid_epoch_with_the_same_squares() -> None:
+    images = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+    def make(seed: int) -> DeviceBatches:
+        return DeviceBatches(images, torch.arange(50), 8, CIFAR100_MEAN, CIFAR100_STD, train=True, cutout=8, seed=seed)
+
+    interrupted = make(seed=3)
+    interrupted.sampler.set_epoch(1)
+    served = iter(interrupted)
+    next(served), next(served)
+    resumed = make(seed=99)
+    resumed.load_state_dict(interrupted.state_dict())
+    resumed.sampler.set_epoch(1)
+    reference = make(seed=3)
+    reference.sampler.set_epoch(1)
+    for (got, got_labels), (want, want_labels) in zip(list(resumed), list(reference)[2:], strict=True):
+        assert torch.equal(got_labels, want_labels) and torch.equal(got, want)
+
+
+def test_evaluation_batches_get_no_cutout() -> None:
+    batches = DeviceBatches(white_images(8), torch.arange(8), 8, CIFAR100_MEAN, CIFAR100_STD, train=False, cutout=16)
+    ((images, _),) = list(batches)
+    assert not (images == 0).any()
+
+
+@pytest.mark.parametrize(
+    ("policy", "kind"), [("trivialaugment", v2.TrivialAugmentWide), ("autoaugment", v2.AutoAugment)]
+)
+def test_policies_run_on_uint8_after_crop_and_flip_and_before_normalisation(policy: str, kind: type) -> None:
+    transform = train_transform(policy=policy, cutout=CUTOUT)
+    steps = [type(t) for t in transform.transforms]
+    assert steps == [v2.RandomCrop, v2.RandomHorizontalFlip, kind, v2.Compose, v2.RandomErasing]
+    if policy == "autoaugment":
+        assert transform.transforms[2].policy == v2.AutoAugmentPolicy.CIFAR10
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    no_geometry = train_transform(crop_padding=0, flip=False, policy=policy)
+    augmented = torch.stack([no_geometry(image) for image in images])
+    assert augmented.dtype == torch.float32 and augmented.shape == images.shape
+    changed = (augmented != eval_transform()(images)).flatten(1).any(dim=1)
+    # TrivialAugment's identity and zero-strength draws, and AutoAugment's skipped sub-policies, leave some
+    # images as they were; most change.
+    assert 0.5 < changed.float().mean() < 1.0
+
+
+def test_no_policy_and_no_cutout_keep_the_crop_and_flip_pipeline() -> None:
+    steps = [type(t) for t in train_transform().transforms]
+    assert steps == [v2.RandomCrop, v2.RandomHorizontalFlip, v2.Compose]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"policy": "randaugment"}, "policy must be one of none, trivialaugment, autoaugment"),
+        ({"cutout": 32}, "cutout is the side of the erased square in pixels, 0 to 31"),
+        ({"cutout": -1}, "cutout is the side"),
+        ({"policy": "trivialaugment", "on_device": True}, "set data.on_device=false to use it"),
+    ],
+)
+def test_datamodule_refuses_impossible_augmentation(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SyntheticCIFAR100DataModule(num_classes=2, train_per_class=2, val_per_class=1, **kwargs)
+
+
+def test_datamodule_builds_the_configured_training_transform() -> None:
+    dm = SyntheticCIFAR100DataModule(num_classes=2, train_per_class=2, val_per_class=1, policy="autoaugment", cutout=8)
+    assert isinstance(dm.train_tf.transforms[2], v2.AutoAugment)
+    assert dm.train_tf.transforms[-1].scale == (8 * 8 / 1024,) * 2
+
+
+def test_a_misspelt_policy_is_named_by_the_config_check(make_config) -> None:
+    with pytest.raises(ConfigError, match=r"data.policy: expected one of \['none', 'trivialaugment', 'autoaugment'\]"):
+        validate_config(make_config(["data=synthetic", "data.policy=trivial"]))

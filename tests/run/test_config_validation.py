@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+
+from wrncifar.run.config_validation import ConfigError, check_num_classes, validate_config
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=abc", "data.batch_size: expected an integer, got 'abc'"),
+        ("data.batch_size=1.5", "data.batch_size: expected an integer, got 1.5"),
+        ("data.flip=maybe", "data.flip: expected a boolean (true/false), got 'maybe'"),
+        ("model.optimizer.lr=fast", "model.optimizer.lr: expected a number"),
+        ("model.net.widths=[16,a,320,640]", "model.net.widths: element 1: expected an integer, got 'a'"),
+        ("trainer.max_epochs=ten", "trainer.max_epochs"),
+        ("+data.colour=blue", "data.colour: not an argument of wrncifar.data.cifar100.CIFAR100DataModule"),
+        ("+model.scheduler.shape=linear", "model.scheduler.shape: not a field of ScheduleSettings"),
+        (
+            "model.scheduler.name=linear",
+            "model.scheduler.name: expected one of ['cosine', 'multistep', 'constant', 'onecycle']",
+        ),
+        ("seed=abc", "seed: expected int or null, got 'abc'"),
+        ("train=sometimes", "train: expected a boolean"),
+        ("matmul_precision=fastest", "matmul_precision: expected"),
+        ("trainer.max_epochs=0", "trainer.max_epochs: must be >= 1"),
+        ("trainer.max_epochs=-3", "trainer.max_epochs: must be >= 1"),
+    ],
+)
+def test_validation_names_the_mistyped_key(make_config, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(make_config([override]))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=0", "batch_size must be a positive integer, got 0"),
+        ("data.batch_size=-8", "batch_size must be a positive integer, got -8"),
+        ("model.optimizer.lr=0", "optimizer.lr must be > 0, got 0"),
+        ("model.optimizer.lr=-0.1", "optimizer.lr must be > 0, got -0.1"),
+        ("model.net.widths=[16,160,320]", "widths must list 4 channel counts"),
+    ],
+)
+def test_impossible_values_are_refused_when_built(make_config, override: str, message: str) -> None:
+    cfg = make_config(["model=wrn_tiny", "data=synthetic", override])
+    validate_config(cfg)  # well-typed; the constructors know the allowed ranges
+    with pytest.raises(InstantiationException, match=re.escape(message)):
+        instantiate(cfg.data)
+        instantiate(cfg.model)
+
+
+def test_every_problem_is_reported_at_once(make_config) -> None:
+    with pytest.raises(ConfigError) as err:
+        validate_config(make_config(["data.batch_size=abc", "model.optimizer.momentum=high", "seed=x"]))
+    assert all(key in str(err.value) for key in ("data.batch_size", "model.optimizer.momentum", "seed"))
+
+
+def test_valid_configs_pass_including_settings_given_as_mappings(make_config) -> None:
+    validate_config(make_config(["model.optimizer.lr=1", "seed=null", "data.num_workers=null"]))
+
+
+def test_subclass_arguments_are_checked_through_kwargs(make_config) -> None:
+    with pytest.raises(ConfigError, match=re.escape("data.batch_size: expected an integer")):
+        validate_config(make_config(["data=synthetic", "data.batch_size=abc"]))
+    with pytest.raises(ConfigError, match=re.escape("data.colour: not an argument")):
+        validate_config(make_config(["data=synthetic", "+data.colour=red"]))
+
+
+def test_model_and_data_class_counts_must_agree(make_config) -> None:
+    cfg = make_config(["model=wrn_tiny", "data=synthetic", "data.num_classes=10"])
+    with pytest.raises(
+        ConfigError, match=re.escape("predicts 100 classes but the dataset has 10: set model.net.num_classes=10")
+    ):
+        check_num_classes(instantiate(cfg.model), instantiate(cfg.data))
+    cfg = make_config(["model=wrn_tiny", "data=synthetic", "data.num_classes=10", "model.net.num_classes=10"])
+    check_num_classes(instantiate(cfg.model), instantiate(cfg.data))

@@ -1,0 +1,143 @@
+"""`python src/eval.py ckpt_path=…` and `evaluate(cfg)`: test a checkpoint with its training run's config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import best_checkpoint, last_logged, read_metrics
+from wrncifar.analysis.evaluation_report import PREDICTIONS_FILE, REPORT_FILE, read_report
+from wrncifar.run.config_validation import ConfigError
+from wrncifar.run.entry import run
+from wrncifar.run.evaluation import evaluate, report_directory, training_run_config
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_eval_of_the_best_checkpoint_reproduces_the_test_metrics_of_training(
+    trained_run: Path, evaluated_run: Path
+) -> None:
+    rows = read_metrics(trained_run)
+    metrics = json.loads((evaluated_run / "test_metrics.json").read_text())
+    assert metrics["ckpt_path"] == str(best_checkpoint(trained_run).resolve())
+    assert metrics["test/acc"] == pytest.approx(last_logged(rows, "test/acc"), abs=1e-6)
+    assert metrics["test/acc_top5"] == pytest.approx(last_logged(rows, "test/acc_top5"), abs=1e-6)
+    assert metrics["test/loss"] == pytest.approx(last_logged(rows, "test/loss"), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_eval_writes_the_report_json_predictions_and_plots_with_flip_tta_beside_the_plain_result(
+    evaluated_run: Path,
+) -> None:
+    report_dir = evaluated_run / "report"
+    plots = ["confusion_matrix", "reliability", "class_accuracy"]  # no superclasses in the synthetic data
+    expected = {REPORT_FILE, PREDICTIONS_FILE} | {f"{p}.png" for p in plots} | {f"{p}_flip.png" for p in plots}
+    assert {p.name for p in report_dir.iterdir()} == expected
+    assert all((report_dir / name).read_bytes().startswith(PNG_SIGNATURE) for name in expected if name.endswith(".png"))
+    report = read_report(report_dir)
+    assert report["tta"] == "flip" and list(report["results"]) == ["plain", "flip"]
+    assert report["data"]["_target_"].endswith("SyntheticCIFAR100DataModule")
+
+
+@pytest.mark.slow
+def test_the_reports_plain_pass_reproduces_the_test_metrics(evaluated_run: Path) -> None:
+    """The report's own pass over the test set sees the same images and weights as `trainer.test`."""
+    metrics = json.loads((evaluated_run / "test_metrics.json").read_text())
+    plain = read_report(evaluated_run / "report")["results"]["plain"]
+    assert plain["top1"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert plain["top5"] == pytest.approx(metrics["test/acc_top5"], abs=1e-6)
+    assert plain["loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)  # trained without label smoothing
+
+
+def test_the_report_goes_next_to_the_training_run_unless_a_folder_is_given(tmp_path: Path) -> None:
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("model: {}\n")
+    ckpt = run_dir / "checkpoints" / "epoch_007.ckpt"
+    output_dir = tmp_path / "eval_output"
+    assert report_directory(None, ckpt, output_dir) == run_dir.resolve() / "eval_report" / "epoch_007"
+    assert report_directory(str(elsewhere), ckpt, output_dir) == elsewhere
+    loose = elsewhere / "last.ckpt"  # no training run above it
+    assert report_directory(None, loose, output_dir) == output_dir / "eval_report" / "last"
+
+
+def test_an_unknown_tta_mode_stops_eval_with_exit_1_and_names_the_key(make_config, tmp_path: Path) -> None:
+    ckpt = tmp_path / "x.ckpt"
+    ckpt.touch()
+    with pytest.raises(SystemExit) as exit_info:
+        run(evaluate, make_config([f"ckpt_path={ckpt}", "eval.tta=bogus"], config_name="eval.yaml"))
+    assert exit_info.value.code == 1
+    assert "eval.tta: expected one of ['none', 'flip'], got 'bogus'" in str(exit_info.value.__cause__)
+
+
+def test_the_report_refuses_several_processes_before_testing(make_config, tmp_path: Path) -> None:
+    ckpt = tmp_path / "x.ckpt"
+    ckpt.touch()  # never read: the check comes first
+    overrides = [f"ckpt_path={ckpt}", "model=wrn_tiny", "data=synthetic", "trainer=ddp_cpu", "logger=null"]
+    with pytest.raises(ConfigError, match=r"runs in one process, but the trainer has 2: .*eval.report=false"):
+        evaluate(make_config(overrides, config_name="eval.yaml"))
+
+
+@pytest.mark.slow
+def test_overrides_of_single_keys_apply_on_top_of_the_runs_config(trained_run: Path, make_config) -> None:
+    cfg = make_config(
+        [f"ckpt_path={best_checkpoint(trained_run)}", "data.eval_batch_size=37", "logger=null", "eval.report=false"],
+        config_name="eval.yaml",
+    )
+    metrics = evaluate(cfg)
+    assert cfg.data._target_.endswith("SyntheticCIFAR100DataModule") and cfg.data.eval_batch_size == 37
+    assert cfg.model.net.widths == [8, 16, 32, 64]
+    assert metrics["test/acc"] == pytest.approx(last_logged(read_metrics(trained_run), "test/acc"), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_group_choice_on_the_command_line_wins_over_the_runs_config(trained_run: Path, make_config) -> None:
+    cfg = make_config(
+        [
+            f"ckpt_path={best_checkpoint(trained_run)}",
+            "data=synthetic",
+            "data.test_per_class=2",
+            "logger=null",
+            "eval.report=false",
+        ],
+        config_name="eval.yaml",
+    )
+    evaluate(cfg)
+    assert cfg.data.test_per_class == 2 and cfg.data.train_per_class == 60  # the config's, not the run's 30
+
+
+def test_the_run_config_is_found_above_the_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("model: {tag: here}\n")
+    nested = tmp_path / "csv" / "checkpoints" / "x.ckpt"
+    nested.parent.mkdir(parents=True)
+    assert training_run_config(nested).model.tag == "here"
+    shutil.rmtree(tmp_path / ".hydra")
+    assert training_run_config(nested) is None
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("ckpt_path=null", "ckpt_path is required"),
+        ("ckpt_path=/nonexistent/run/checkpoints/last.ckpt", "is not a file: pass ckpt_path="),
+    ],
+)
+def test_eval_without_a_checkpoint_fails_with_a_clear_message(make_config, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        evaluate(make_config([override], config_name="eval.yaml"))
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_with_the_differences(trained_run: Path, make_config) -> None:
+    from wrncifar.run.checkpoints import CheckpointError
+
+    cfg = make_config(
+        [f"ckpt_path={best_checkpoint(trained_run)}", "model.net.widths=[8,16,32,32]", "logger=null"],
+        config_name="eval.yaml",
+    )
+    with pytest.raises(CheckpointError, match=r"different network .*different shape: .*vs model"):
+        evaluate(cfg)

@@ -1,0 +1,218 @@
+"""Crash and resume as a user lives it: real `python src/train.py` processes, killed and resumed with `resume=`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import ROOT, TINY_SYNTHETIC, read_metrics, run_entry
+from wrncifar.run.checkpoints import CheckpointError
+from wrncifar.run.resuming import resume_overrides
+
+# The on-device loader keeps its position in checkpoints; step.ckpt every 3 steps; 2 epochs of 32 steps.
+RESUMABLE = [
+    *TINY_SYNTHETIC,
+    "data.on_device=true",
+    "data.batch_size=64",
+    "trainer.max_epochs=2",
+    "callbacks.step_checkpoint.every_n_train_steps=3",
+    "test=false",
+]
+TOTAL_STEPS = 2 * (100 * (30 - 10) // 64 + 1)
+
+
+def start_entry(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "src" / "train.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def saved_step(path: Path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    except FileNotFoundError:  # not written yet (writes are atomic: a file there is whole)
+        return -1
+
+
+def wait_for_checkpoint_after(process: subprocess.Popen, run_dir: Path, step: int, timeout: float = 240) -> int:
+    """Wait until the run has saved step.ckpt past `step` (or ended); return the saved step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        latest = saved_step(run_dir / "checkpoints" / "step.ckpt")
+        if latest > step or process.poll() is not None:
+            return latest
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"no checkpoint past step {step} within {timeout} s")
+
+
+def final_state(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def assert_same_training(resumed: Path, reference: Path) -> None:
+    got, want = final_state(resumed), final_state(reference)
+    assert got["global_step"] == want["global_step"] == TOTAL_STEPS
+    for key, value in want["state_dict"].items():
+        assert torch.equal(got["state_dict"][key], value), f"{key} differs from the uninterrupted run"
+    last_val = [r["val/acc"] for r in read_metrics(resumed) if r.get("val/acc")][-1]
+    assert last_val == [r["val/acc"] for r in read_metrics(reference) if r.get("val/acc")][-1]
+
+
+def stop_with_signal(run_dir: Path, signum: signal.Signals, after_step: int) -> None:
+    """Start a run, send `signum` once it has checkpointed past `after_step`; check it stopped as documented."""
+    process = start_entry([*RESUMABLE, f"hydra.run.dir={run_dir}"])
+    wait_for_checkpoint_after(process, run_dir, step=after_step)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert f"Stopped by {signum.name}; resume with resume={run_dir}" in (run_dir / "train.log").read_text()
+    stopped_at = final_state(run_dir)["global_step"]
+    assert after_step < stopped_at < TOTAL_STEPS, "last.ckpt holds the step the signal stopped at"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    result = run_entry("train.py", [*RESUMABLE, f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_resume_reruns_the_saved_overrides_in_the_same_folder(tmp_path) -> None:
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump(["model=wrn_tiny", "trainer.max_epochs=5", f"hydra.run.dir={tmp_path}", "ckpt_path=x.ckpt"])
+    )
+    args = resume_overrides([f"resume={tmp_path}", "trainer.max_epochs=9"])
+    assert args == [
+        "model=wrn_tiny",
+        "trainer.max_epochs=5",
+        "trainer.max_epochs=9",  # later wins: a resumed run can be extended
+        f"resume={tmp_path}",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    assert resume_overrides(["model=wrn_tiny"]) == ["model=wrn_tiny"]
+
+
+def test_resume_of_a_folder_that_is_not_a_run_fails_before_hydra_starts(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="not a training run's folder"):
+        resume_overrides([f"resume={tmp_path}"])
+    result = run_entry("train.py", [f"resume={tmp_path}"])
+    assert result.returncode == 1
+    assert "not a training run's folder" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(tmp_path, reference) -> None:
+    run_dir = tmp_path / "run"
+    process = start_entry([*RESUMABLE, f"hydra.run.dir={run_dir}"])
+    step = wait_for_checkpoint_after(process, run_dir, step=7)
+    time.sleep(0.5)  # keep training past the checkpoint: the kill lands at an arbitrary step
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 0 < step < TOTAL_STEPS, "the run was killed before it finished"
+
+    result = run_entry("train.py", [f"resume={run_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_training(run_dir, reference)
+    assert (run_dir / "csv" / "metrics.csv").is_file()  # the same run folder and CSV log, appended to
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes_exactly(tmp_path, reference) -> None:
+    run_dir = tmp_path / "run"
+    stop_with_signal(run_dir, signal.SIGTERM, after_step=4)
+
+    result = run_entry("train.py", [f"resume={run_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_training(run_dir, reference)
+
+
+@pytest.mark.slow
+def test_twenty_kills_in_a_row_end_as_one_uninterrupted_run(tmp_path, reference) -> None:
+    run_dir = tmp_path / "run"
+    # A checkpoint every 2 of the 64 steps: room for 20 kills, each after at least one new checkpoint.
+    process = start_entry([*RESUMABLE, "callbacks.step_checkpoint.every_n_train_steps=2", f"hydra.run.dir={run_dir}"])
+    step, kills = 0, 0
+    while kills < 20:
+        step = wait_for_checkpoint_after(process, run_dir, step)
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+        process = start_entry([f"resume={run_dir}"])
+    assert kills == 20, f"the run finished after {kills} kills; give it more steps"
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    assert_same_training(run_dir, reference)
+
+
+def test_corrupt_last_checkpoint_falls_back_to_the_newest_valid_one_and_says_so(tmp_path, reference) -> None:
+    run_dir = tmp_path / "run"
+    result = run_entry("train.py", [*RESUMABLE, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:4096])  # a crash mid-copy, or a bad disk
+    result = run_entry("train.py", [f"resume={run_dir}", "trainer.max_epochs=2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert "last.ckpt is corrupt" in out
+    assert f"Resuming {run_dir} from {run_dir / 'checkpoints' / 'epoch_000.ckpt'}" in out  # the epoch-end one
+
+
+def test_missing_checkpoint_path_fails_with_exit_1_before_training(tmp_path) -> None:
+    result = run_entry(
+        "train.py", [*TINY_SYNTHETIC, f"ckpt_path={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path}"]
+    )
+    assert result.returncode == 1
+    assert "nope.ckpt does not exist" in result.stdout + result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_checkpoint_of_another_architecture_lists_the_differences_and_exits_1(tmp_path, reference) -> None:
+    ckpt = reference / "checkpoints" / "last.ckpt"
+    result = run_entry(
+        "train.py", [*TINY_SYNTHETIC, "model.net.widths=[8,16,32,32]", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path}"]
+    )
+    assert result.returncode == 1
+    out = result.stdout + result.stderr
+    assert "different network" in out and "different shape" in out and "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_sigusr1_outside_slurm_also_saves_and_exits_cleanly(tmp_path) -> None:
+    stop_with_signal(tmp_path / "run", signal.SIGUSR1, after_step=1)
+
+
+def test_a_resumed_run_logs_to_the_same_wandb_run(tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    from wrncifar.run.tracking import keep_wandb_run, wandb_run_id
+
+    assert wandb_run_id(tmp_path) is None
+    (tmp_path / "wandb" / "run-20261126_101010-abc123").mkdir(parents=True)
+    (tmp_path / "wandb" / "latest-run").symlink_to("run-20261126_101010-abc123")
+    assert wandb_run_id(tmp_path) == "abc123"
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "logger": {"wandb": {"id": None}}})
+    keep_wandb_run(cfg)
+    assert cfg.logger.wandb.id == "abc123" and cfg.logger.wandb.resume == "allow"
+    cfg.logger.wandb.id = "chosen"
+    keep_wandb_run(cfg)
+    assert cfg.logger.wandb.id == "chosen", "an explicit id wins"

@@ -1,0 +1,166 @@
+"""Multiruns as a user runs them: a grid with its summary, an Optuna search and its resumption, submitit jobs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from tests.conftest import FEW_IMAGES, last_logged, read_metrics, run_entry
+from wrncifar.sweeps.optuna_sampler import TrialSeededTPESampler
+from wrncifar.sweeps.summary import JOB_RESULT, SUMMARY_CSV, SUMMARY_MD
+from wrncifar.sweeps.sweep_setup import pin_one_gpu_per_job
+
+# One epoch of the tiny model on 2 training images per class: a job takes about 2 s after start-up.
+TINY_JOB = [*FEW_IMAGES, "trainer.max_epochs=1", "callbacks=none"]
+
+
+def read_summary(sweep_dir: Path) -> list[dict[str, str]]:
+    with (sweep_dir / SUMMARY_CSV).open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_grid_runs_every_job_despite_failures_and_summarises_them_best_first(tmp_path: Path) -> None:
+    # A 2×2 grid whose DDP jobs are refused (DDP would re-run the whole sweep command): they fail with the
+    # message, the two single-process jobs still run.
+    grid = ["trainer=ddp_cpu,cpu", "data.batch_size=16,32"]
+    result = run_entry(
+        "train.py", ["-m", *[a for a in TINY_JOB if a != "trainer=cpu"], *grid, f"hydra.sweep.dir={tmp_path}"]
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]  # the failures are not hidden…
+    assert "2 of 4 jobs did not complete: 0 (failed), 1 (failed)" in output and "Traceback" not in output
+
+    rows = read_summary(tmp_path)
+    assert {row["job"] for row in rows} == {"0", "1", "2", "3"}  # …and every job ran, in its own folder
+    assert [(r["job"], r["trainer"], r["status"]) for r in rows[2:]] == [
+        ("0", "ddp_cpu", "failed"),
+        ("1", "ddp_cpu", "failed"),
+    ]
+    assert all("hydra/launcher=slurm" in r["error"] and "hydra/launcher=local" in r["error"] for r in rows[2:])
+    completed = rows[:2]
+    assert [r["status"] for r in completed] == ["completed"] * 2 and {r["trainer"] for r in completed} == {"cpu"}
+    assert {r["data.batch_size"] for r in completed} == {"16", "32"}
+    # The value of each completed job is what it logged, and the best comes first.
+    for row in completed:
+        logged = last_logged(read_metrics(tmp_path / row["job"]), "val/acc_best")
+        assert float(row["val/acc_best"]) == pytest.approx(logged, rel=1e-5)
+    assert float(completed[0]["val/acc_best"]) >= float(completed[1]["val/acc_best"])
+    markdown = (tmp_path / SUMMARY_MD).read_text()
+    assert "| job | status | val/acc_best | data.batch_size | trainer | error |" in markdown
+    assert markdown.count("| failed |") == 2 and "| job | status |" in result.stdout
+    assert json.loads((tmp_path / "0" / JOB_RESULT).read_text())["status"] == "failed"
+    assert not (tmp_path / "0" / "csv").exists()  # refused before training: nothing was logged
+
+
+@pytest.mark.slow
+def test_a_sweep_without_failures_summarises_and_exits_0(sweep_dir: Path) -> None:
+    rows = read_summary(sweep_dir)
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    assert {r["model.optimizer.lr"] for r in rows} == {"0.05", "0.2"}
+
+
+def optuna_search(sweep_dir: Path, storage: str) -> list[str]:
+    return [
+        "hparams_search=wrn_cifar100_optuna",
+        *TINY_JOB,
+        "hydra.sweeper.n_trials=3",
+        f"hydra.sweeper.storage={storage}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+
+
+@pytest.mark.slow
+def test_optuna_search_maximises_the_metric_and_resumes_its_stored_study(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'studies' / 'search.db'}"  # its folder does not exist yet
+    first = run_entry("train.py", optuna_search(tmp_path / "first", storage))
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    second = run_entry("train.py", optuna_search(tmp_path / "second", storage))
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+
+    study = optuna.load_study(study_name="wrn_cifar100", storage=storage)
+    trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert [t.number for t in trials] == list(range(6))  # the second command continued the same study
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    for trial in trials:
+        assert 0.01 <= trial.params["model.optimizer.lr"] <= 0.5
+        assert 1e-4 <= trial.params["model.optimizer.weight_decay"] <= 2e-3
+        assert 0.0 <= trial.params["model.label_smoothing"] <= 0.2
+        assert trial.params["data.batch_size"] in (64, 128, 256)
+    # The resumed trials are new points, not a replay of the first ones (what a plain seeded TPE would draw).
+    first_lrs = {t.params["model.optimizer.lr"] for t in trials[:3]}
+    assert not first_lrs & {t.params["model.optimizer.lr"] for t in trials[3:]}
+    # Each invocation's jobs report to the study the value they logged; the best is the study's best.
+    for sweep_dir, numbers in [(tmp_path / "first", range(3)), (tmp_path / "second", range(3, 6))]:
+        rows = read_summary(sweep_dir)
+        by_lr = {float(r["model.optimizer.lr"]): float(r["val/acc_best"]) for r in rows}
+        assert by_lr == pytest.approx({trials[n].params["model.optimizer.lr"]: trials[n].value for n in numbers})
+    best = OmegaConf.load(tmp_path / "second" / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(max(t.value for t in trials))
+
+
+def test_a_resumed_seeded_study_draws_what_an_uninterrupted_one_would() -> None:
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 1e-3, 1.0, log=True)
+        return -((x - 0.1) ** 2) + trial.suggest_categorical("b", [1, 2]) * 1e-3
+
+    def sampler() -> TrialSeededTPESampler:  # two random start-up trials, then TPE
+        return TrialSeededTPESampler(seed=7, n_startup_trials=2)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    whole = optuna.create_study(sampler=sampler(), direction="maximize")
+    whole.optimize(objective, n_trials=6)
+    storage = optuna.storages.InMemoryStorage()
+    interrupted = optuna.create_study(storage=storage, study_name="s", sampler=sampler(), direction="maximize")
+    interrupted.optimize(objective, n_trials=3)
+    resumed = optuna.create_study(
+        storage=storage, study_name="s", sampler=sampler(), direction="maximize", load_if_exists=True
+    )
+    resumed.optimize(objective, n_trials=3)
+    assert [t.params for t in resumed.trials] == [t.params for t in whole.trials]
+    assert len({t.params["x"] for t in resumed.trials}) == 6
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_jobs_in_their_own_processes(tmp_path: Path) -> None:
+    args = ["-m", "hydra/launcher=local", *TINY_JOB, "model.optimizer.lr=0.05,0.1"]
+    result = run_entry("train.py", [*args, f"hydra.sweep.dir={tmp_path}"])
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    rows = read_summary(tmp_path)
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    assert {r["model.optimizer.lr"] for r in rows} == {"0.05", "0.1"}
+    # submitit ran each job as its own process, with its own log, next to the jobs' own folders.
+    logs = sorted((tmp_path / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 2 and all("Outputs:" in log.read_text() for log in logs)
+    for job in ("0", "1"):
+        assert (tmp_path / job / "csv" / "metrics.csv").is_file()
+
+
+def test_submitit_local_gives_each_single_device_job_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    for job_num, gpu in [(0, "0"), (1, "1"), (2, "2"), (4, "1")]:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+        pin_one_gpu_per_job(OmegaConf.create({"trainer": {"devices": 1}, "hydra": {"job": {"num": job_num}}}))
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == gpu
+    # A job that uses several devices (DDP) keeps them all.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    pin_one_gpu_per_job(OmegaConf.create({"trainer": {"devices": 2}, "hydra": {"job": {"num": 1}}}))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2"
+
+
+def test_slurm_launcher_runs_one_task_per_gpu_and_lets_lightning_requeue(make_config) -> None:
+    # Composing sets HydraConfig, where the launcher's config lives.
+    make_config(["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu"])
+    launcher = HydraConfig.get().launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
+    assert launcher.tasks_per_node == 4  # Lightning's SLURM environment wants one task per device
+    # SIGUSR1 before the time limit is what Lightning's auto-requeue handles; submitit's resubmission stays off.
+    assert launcher.additional_parameters.signal == f"USR1@{launcher.signal_delay_s}" == "USR1@120"
+    assert launcher.max_num_timeout == 0
