@@ -1,12 +1,19 @@
 # `make train` and `make test` work on a fresh clone: they create .venv and install the project first.
+# `make help` lists the targets: each is described by the `## ` line above it.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train smoke test test-fast lint format clean
+.DEFAULT_GOAL := help
+.PHONY: help install train smoke test test-fast lint format clean
 
+## List the targets with what each does.
+help:
+	@awk '/^## /{desc=substr($$0, 4); next} /^[a-z-]+:/{if (desc) {split($$0, t, ":"); printf "  %-10s %s\n", t[1], desc}; desc=""; next} {desc=""}' $(MAKEFILE_LIST)
+
+## Create the virtual environment (VENV, default .venv) and install the project with its dev tools.
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -31,13 +38,16 @@ test: install lint
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
+## Check formatting and lint with ruff (what pre-commit and CI run).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+## Fix what ruff can fix and format the code.
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+## Remove logs and tool caches (not the virtual environment).
 clean:
 	rm -rf logs .pytest_cache .ruff_cache
