@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +58,12 @@ def test_bad_arguments_exit_with_a_usage_message(args, message, capsys) -> None:
         main([*TINY, *args])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command", [[sys.executable, "-m", "wrncifar.bench"], [str(Path(sys.executable).parent / "wrncifar-bench")]]
+)
+def test_the_module_and_the_console_script_are_the_same_command(command: list[str]) -> None:
+    done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m wrncifar.bench") and "--batch-size" in done.stdout

@@ -56,11 +56,18 @@ def test_a_multirun_gives_one_figure_comparing_its_jobs(wandb_sweep) -> None:
     read_png(sweep_dir / "curves.png")
 
 
+# The old spelling, the analysis module and the console script `pip install -e .` puts beside the interpreter.
+COMMANDS = {
+    "python -m wrncifar.plot": [sys.executable, "-m", "wrncifar.plot"],
+    "python -m wrncifar.analysis.plot": [sys.executable, "-m", "wrncifar.analysis.plot"],
+    "wrncifar-plot": [str(Path(sys.executable).parent / "wrncifar-plot")],
+}
+
+
 @pytest.mark.slow
-def test_a_folder_that_is_neither_exits_1_with_a_message(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "wrncifar.plot", str(tmp_path)], capture_output=True, text=True, timeout=120
-    )
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_folder_that_is_neither_exits_1_with_a_message(tmp_path: Path, command: str) -> None:
+    result = subprocess.run([*COMMANDS[command], str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"Error: {tmp_path} is neither a run folder (with csv/metrics.csv) nor a multirun folder (with <job>/.hydra/): "
