@@ -121,6 +121,7 @@ EXPECTED_CALLBACKS = {
     "ema": DEFAULT_CALLBACKS | {"ExponentialMovingAverage"},
     "images_per_second": {"ImagesPerSecond"},
     "model_checkpoint": {"ModelCheckpoint"},
+    "last_checkpoint": {"ModelCheckpoint"},
     "lr_monitor": {"LearningRateMonitor"},
     "rich_progress_bar": {"RichProgressBar"},
     "rich_model_summary": {"RichModelSummary"},

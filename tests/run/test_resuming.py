@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import ROOT, TINY_SYNTHETIC, read_metrics, run_entry
+from tests.conftest import FEW_IMAGES, ROOT, TINY_SYNTHETIC, read_metrics, run_entry
 from wrncifar.run.checkpoints import CheckpointError
 from wrncifar.run.resuming import resume_overrides
 
@@ -216,3 +216,51 @@ def test_a_resumed_run_logs_to_the_same_wandb_run(tmp_path) -> None:
     cfg.logger.wandb.id = "chosen"
     keep_wandb_run(cfg)
     assert cfg.logger.wandb.id == "chosen", "an explicit id wins"
+
+
+# Two epochs of 2 steps; the best-checkpoint callback monitors the epoch number, lowest best, so epoch 1 does not
+# improve on epoch 0 — the case where Lightning's own save_last leaves last.ckpt at epoch 0.
+NOT_IMPROVING = [
+    *FEW_IMAGES,
+    "trainer.max_epochs=2",
+    "callbacks.model_checkpoint.monitor=epoch",
+    "callbacks.model_checkpoint.mode=min",
+    "logger=[csv,tensorboard]",
+]
+
+
+@pytest.fixture(scope="module")
+def resumed_longer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A 2-epoch run whose last epoch is not its best, its last.ckpt as written, then resumed to 3 epochs."""
+    run_dir = tmp_path_factory.mktemp("not_improving")
+    first = run_entry("train.py", [*NOT_IMPROVING, f"hydra.run.dir={run_dir}"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    last_before = final_state(run_dir)
+    resumed = run_entry("train.py", [f"resume={run_dir}", "trainer.max_epochs=3"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming {run_dir} from {run_dir / 'checkpoints' / 'last.ckpt'}" in resumed.stdout + resumed.stderr
+    return run_dir, last_before
+
+
+@pytest.mark.slow
+def test_last_ckpt_is_the_newest_state_when_the_last_epoch_is_not_the_best(resumed_longer) -> None:
+    run_dir, last_before = resumed_longer
+    assert (last_before["epoch"], last_before["global_step"]) == (1, 4)
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("epoch_*.ckpt")) == ["epoch_000.ckpt"]
+    last = final_state(run_dir)
+    assert (last["epoch"], last["global_step"]) == (2, 6), "the resume trained epoch 2 only"
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_its_whole_history_once_in_every_logger(resumed_longer) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = resumed_longer
+    rows = read_metrics(run_dir)
+    assert [int(r["epoch"]) for r in rows if r.get("val/acc")] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in rows if r.get("train/loss")] == [0, 1, 2]
+    assert len([r for r in rows if r.get("test/acc")]) == 1, "the first run's test is dropped, the resumed one kept"
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/acc")] == [1, 3, 5]
+    assert [e.step for e in events.Scalars("test/acc")] == [6]

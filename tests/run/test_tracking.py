@@ -16,7 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import FEW_IMAGES, ROOT, isolated_wandb_env, read_metrics, wandb_records
 from wrncifar.run.config_validation import ConfigError
-from wrncifar.run.tracking import REDACTED, WandbLogger, git_state, wandb_mode, without_secrets
+from wrncifar.run.loggers import WandbLogger, wandb_mode
+from wrncifar.run.tracking import REDACTED, git_state, without_secrets
 
 FAKE_KEY = "fake0wandb0key0" + "0123456789abcdef" * 2 + "0123456789"  # 40+ characters, like a real key
 # The smallest synthetic set: two training batches, one validation and one test batch.
@@ -196,7 +197,7 @@ def contents(path: Path) -> bytes:
 
 def test_offline_without_credentials_and_never_a_prompt(wandb_env, monkeypatch, caplog) -> None:
     wandb_env()
-    with caplog.at_level(logging.WARNING, logger="wrncifar.run.tracking"):
+    with caplog.at_level(logging.WARNING, logger="wrncifar.run.loggers"):
         assert wandb_mode(None, run_dir="logs/x") == "offline"
     assert "wandb sync logs/x/wandb/offline-run-*" in caplog.text
     assert wandb_mode(True) == "offline"

@@ -18,8 +18,9 @@ from omegaconf import DictConfig
 from wrncifar.run.checkpoints import check_compatible, load_checkpoint
 from wrncifar.run.config_validation import ConfigError, check_num_classes, validate_config
 from wrncifar.run.distributed import check_launch
+from wrncifar.run.loggers import CSVLogger
 from wrncifar.run.resuming import checkpoint_to_resume
-from wrncifar.run.tracking import group_sweep_jobs, keep_wandb_run, log_run_config
+from wrncifar.run.tracking import continue_tensorboard, group_sweep_jobs, keep_wandb_run, log_run_config
 from wrncifar.sweeps.summary import in_multirun
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: LightningDataModule = instantiate(cfg.data)
     model: LightningModule = instantiate(cfg.model)
     check_num_classes(model, datamodule)
+    # The step training continues from: loggers drop what an earlier process of this run logged after it.
+    continue_at = None
     if resume_from is not None:
-        check_compatible(model, load_checkpoint(resume_from), resume_from)
+        checkpoint = load_checkpoint(resume_from)
+        check_compatible(model, checkpoint, resume_from)
+        continue_at = int(checkpoint.get("global_step", 0)) if cfg.get("train", True) else None
+    if continue_at is not None:
+        continue_tensorboard(cfg, continue_at)
     if cfg.get("resume"):
         keep_wandb_run(cfg)
     group_sweep_jobs(cfg)
     loggers = instantiate_group(cfg.get("logger"))
+    if continue_at is not None:
+        for logger in loggers:
+            if isinstance(logger, CSVLogger):
+                logger.rewind(continue_at)
     callbacks = _without_logger_only_callbacks(instantiate_group(cfg.get("callbacks")), has_logger=bool(loggers))
     trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     check_launch(trainer, multirun=in_multirun(), sync_batchnorm=bool(cfg.trainer.get("sync_batchnorm")))

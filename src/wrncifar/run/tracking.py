@@ -1,7 +1,6 @@
-"""Experiment tracking: the W&B logger (offline without an account, never a login prompt, best and final metrics
-in the run summary); what every run records about itself (resolved config, git state, command-line overrides,
-parameter counts); and the W&B settings a run derives from its config (the same W&B run on resume, one group
-per sweep).
+"""What every run records about itself (resolved config, git state, command-line overrides, parameter counts, with
+the W&B API key redacted), and the logger settings a run derives from its config: the same W&B run and the
+TensorBoard history continued on resume, one W&B group per sweep. The logger classes are in `loggers`.
 """
 
 from __future__ import annotations
@@ -16,104 +15,14 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
-from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from wrncifar.run.config_validation import ConfigError
 from wrncifar.sweeps.summary import in_multirun
 
 log = logging.getLogger(__name__)
 
-API_KEY_ENV = "WANDB_API_KEY"
+API_KEY_ENV = "WANDB_API_KEY"  # where W&B and this project read the API key from the environment
 REDACTED = "<redacted>"
-
-
-class WandbLogger(LightningWandbLogger):
-    """Lightning's WandbLogger that works the same with or without a W&B account.
-
-    Args:
-        offline: None (default): offline when W&B finds no credentials (WANDB_API_KEY, ~/.netrc, `wandb login`),
-            with a one-line note on how to upload the run later; online otherwise. True: always offline.
-            False: always online; without credentials the run stops with a message instead of prompting.
-            The environment variable WANDB_MODE (offline, online, disabled), when set, is W&B's own choice and
-            wins over None.
-        summary: metric name → what the run summary shows for it (`max`, `min`, `last`, `mean`, `best`);
-            `{"val/acc": "max"}` shows the best validation accuracy rather than the last one.
-        **kwargs: the arguments of Lightning's WandbLogger and of `wandb.init` (project, entity, group, tags, …).
-    """
-
-    def __init__(self, offline: bool | None = None, summary: Mapping[str, str] | None = None, **kwargs: Any) -> None:
-        # Lightning's own `offline=True` sets WANDB_MODE for the whole process and refuses `log_model`; W&B's
-        # `mode` argument does neither (offline artifacts are uploaded by `wandb sync` with the run).
-        super().__init__(offline=False, **kwargs)
-        if self._wandb_init.get("anonymous") is None:
-            del self._wandb_init["anonymous"]  # W&B warns about the argument even when it is None
-        self._offline_choice = offline
-        self._summary = dict(summary or {})
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> Any:
-        starting = self._experiment is None
-        if starting and not self._wandb_init.get("mode"):
-            mode = wandb_mode(self._offline_choice, run_dir=self._save_dir)
-            if mode:
-                self._wandb_init["mode"] = mode
-        try:
-            run = super().experiment
-        except _wandb_comm_error() as err:  # a key but no network: W&B gives up after its init_timeout
-            raise ConfigError(
-                f"W&B could not reach its server ({str(err).splitlines()[0]}): without network, set "
-                "WANDB_MODE=offline (or logger.wandb.offline=true) and upload the run later with `wandb sync`"
-            ) from err
-        if starting and getattr(run, "define_metric", None):
-            for name, summary in self._summary.items():
-                run.define_metric(name, summary=summary, step_metric="trainer/global_step")
-        return run
-
-
-def wandb_mode(offline: bool | None, run_dir: str | None = None) -> str | None:
-    """The `mode` for `wandb.init`: "offline", "online", or None to leave it to W&B (WANDB_MODE, its settings).
-
-    Never prompts: without credentials, `offline=None` goes offline and `offline=False` raises ConfigError.
-    """
-    if offline:
-        return "offline"
-    if offline is None and os.environ.get("WANDB_MODE"):
-        return None
-    if has_wandb_credentials():
-        return "online" if offline is False else None
-    if offline is False:
-        raise ConfigError(
-            "logger.wandb.offline=false but W&B has no credentials: run `wandb login` (or set WANDB_API_KEY), "
-            "or leave logger.wandb.offline unset to log offline and upload later with `wandb sync`"
-        )
-    where = Path(run_dir or ".") / "wandb" / "offline-run-*"
-    log.warning("W&B: no API key or login found, so logging offline; upload later with `wandb sync %s`", where)
-    return "offline"
-
-
-def _wandb_comm_error() -> type[Exception]:
-    from wandb.errors import CommError
-
-    return CommError
-
-
-def has_wandb_credentials() -> bool:
-    """Whether W&B finds credentials (WANDB_API_KEY, an identity token, ~/.netrc, its settings), the way
-    `wandb.init` looks for them, without prompting and without the network (`wandb.login` asks the server whom
-    a key belongs to, which stalls on an offline node)."""
-    from wandb.errors import AuthenticationError
-    from wandb.sdk import wandb_setup
-    from wandb.sdk.lib import wbauth
-
-    host = wandb_setup.singleton().settings.base_url
-    try:
-        found = wbauth.authenticate_session(host=host, source="wandb.init()", prompt=False, update_session=False)
-    except AuthenticationError as err:
-        raise ConfigError(f"W&B credentials are malformed ({err}): fix them, or set WANDB_MODE=offline") from err
-    return found is not None
 
 
 def without_secrets(value: Any, secret: str | None = None) -> Any:
@@ -192,6 +101,15 @@ def log_run_config(trainer: Trainer, cfg: DictConfig, model: LightningModule) ->
     hparams = without_secrets(hparams)
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
+
+
+def continue_tensorboard(cfg: DictConfig, step: int) -> None:
+    """A run continuing from a checkpoint at `step`: TensorBoard hides the events an earlier process of this run
+    wrote from `step` on (SummaryWriter's `purge_step`), which this run writes again."""
+    tensorboard_cfg = (cfg.get("logger") or {}).get("tensorboard")
+    if tensorboard_cfg is not None and tensorboard_cfg.get("purge_step") is None:
+        with open_dict(tensorboard_cfg):
+            tensorboard_cfg.purge_step = step
 
 
 def keep_wandb_run(cfg: DictConfig) -> None:

@@ -1,0 +1,160 @@
+"""The project's loggers: Lightning's CSV and W&B loggers, made to keep a resumed run's history and to work the same
+with or without a W&B account.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
+
+from wrncifar.run.config_validation import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class CSVLogger(LightningCSVLogger):
+    """Lightning's CSVLogger (same arguments) that continues the `metrics.csv` a run already has instead of deleting
+    it: a resumed run (`resume=`), or a requeued job, keeps its whole history in one file.
+
+    `rewind(step)` drops the rows logged at or after `step`, the work after the checkpoint a run resumes from,
+    which the resumed run logs again.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    @rank_zero_only
+    def rewind(self, step: int) -> None:
+        writer = self.experiment
+        path = Path(writer.metrics_file_path)
+        if not path.is_file():
+            return
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header, rows = reader.fieldnames or [], list(reader)
+        kept = [row for row in rows if not row.get("step") or int(row["step"]) < step]
+        if len(kept) == len(rows):
+            return
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=header)
+            out.writeheader()
+            out.writerows(kept)
+        os.replace(tmp, path)
+        log.info(
+            "%s: %d rows logged from step %d on are dropped; the resumed run logs them again",
+            path,
+            len(rows) - len(kept),
+            step,
+        )
+
+
+class _ContinuingWriter(ExperimentWriter):
+    """Lightning's CSV writer that appends to an existing `metrics.csv` (its header becomes the known columns)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's WandbLogger that works the same with or without a W&B account.
+
+    Args:
+        offline: None (default): offline when W&B finds no credentials (WANDB_API_KEY, ~/.netrc, `wandb login`),
+            with a one-line note on how to upload the run later; online otherwise. True: always offline.
+            False: always online; without credentials the run stops with a message instead of prompting.
+            The environment variable WANDB_MODE (offline, online, disabled), when set, is W&B's own choice and
+            wins over None.
+        summary: metric name → what the run summary shows for it (`max`, `min`, `last`, `mean`, `best`);
+            `{"val/acc": "max"}` shows the best validation accuracy rather than the last one.
+        **kwargs: the arguments of Lightning's WandbLogger and of `wandb.init` (project, entity, group, tags, …).
+    """
+
+    def __init__(self, offline: bool | None = None, summary: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        # Lightning's own `offline=True` sets WANDB_MODE for the whole process and refuses `log_model`; W&B's
+        # `mode` argument does neither (offline artifacts are uploaded by `wandb sync` with the run).
+        super().__init__(offline=False, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            del self._wandb_init["anonymous"]  # W&B warns about the argument even when it is None
+        self._offline_choice = offline
+        self._summary = dict(summary or {})
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        starting = self._experiment is None
+        if starting and not self._wandb_init.get("mode"):
+            mode = wandb_mode(self._offline_choice, run_dir=self._save_dir)
+            if mode:
+                self._wandb_init["mode"] = mode
+        try:
+            run = super().experiment
+        except _wandb_comm_error() as err:  # a key but no network: W&B gives up after its init_timeout
+            raise ConfigError(
+                f"W&B could not reach its server ({str(err).splitlines()[0]}): without network, set "
+                "WANDB_MODE=offline (or logger.wandb.offline=true) and upload the run later with `wandb sync`"
+            ) from err
+        if starting and getattr(run, "define_metric", None):
+            for name, summary in self._summary.items():
+                run.define_metric(name, summary=summary, step_metric="trainer/global_step")
+        return run
+
+
+def wandb_mode(offline: bool | None, run_dir: str | None = None) -> str | None:
+    """The `mode` for `wandb.init`: "offline", "online", or None to leave it to W&B (WANDB_MODE, its settings).
+
+    Never prompts: without credentials, `offline=None` goes offline and `offline=False` raises ConfigError.
+    """
+    if offline:
+        return "offline"
+    if offline is None and os.environ.get("WANDB_MODE"):
+        return None
+    if has_wandb_credentials():
+        return "online" if offline is False else None
+    if offline is False:
+        raise ConfigError(
+            "logger.wandb.offline=false but W&B has no credentials: run `wandb login` (or set WANDB_API_KEY), "
+            "or leave logger.wandb.offline unset to log offline and upload later with `wandb sync`"
+        )
+    where = Path(run_dir or ".") / "wandb" / "offline-run-*"
+    log.warning("W&B: no API key or login found, so logging offline; upload later with `wandb sync %s`", where)
+    return "offline"
+
+
+def _wandb_comm_error() -> type[Exception]:
+    from wandb.errors import CommError
+
+    return CommError
+
+
+def has_wandb_credentials() -> bool:
+    """Whether W&B finds credentials (WANDB_API_KEY, an identity token, ~/.netrc, its settings), the way
+    `wandb.init` looks for them, without prompting and without the network (`wandb.login` asks the server whom
+    a key belongs to, which stalls on an offline node)."""
+    from wandb.errors import AuthenticationError
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib import wbauth
+
+    host = wandb_setup.singleton().settings.base_url
+    try:
+        found = wbauth.authenticate_session(host=host, source="wandb.init()", prompt=False, update_session=False)
+    except AuthenticationError as err:
+        raise ConfigError(f"W&B credentials are malformed ({err}): fix them, or set WANDB_MODE=offline") from err
+    return found is not None
