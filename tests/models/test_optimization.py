@@ -117,3 +117,45 @@ def test_onecycle_rises_linearly_over_the_warmup_then_falls_linearly_to_the_floo
     assert factor(100) == pytest.approx(0.1)
     falls = [factor(s) - factor(s + 1) for s in range(20, 100)]
     assert falls == pytest.approx([0.9 / 80] * 80)  # a straight line
+
+
+def test_a_schedule_resumed_with_other_steps_per_epoch_keeps_its_epochs() -> None:
+    """Trained 5 epochs of 10 steps, resumed at half the steps per epoch (a doubled batch): the drop at epoch 6
+    comes after one more epoch of the new length, 5 steps, not after 10."""
+    settings = ScheduleSettings(name="multistep", milestones=(6, 8), gamma=0.1)
+    optimizer = build_optimizer(tiny_net(), OptimizerSettings(lr=0.1))
+    scheduler = build_scheduler(optimizer, settings, total_steps=100, steps_per_epoch=10)
+    for _ in range(50):
+        optimizer.step()
+        scheduler.step()
+    buffer = io.BytesIO()
+    torch.save(scheduler.state_dict(), buffer)
+    buffer.seek(0)
+
+    doubled = build_optimizer(tiny_net(), OptimizerSettings(lr=0.1))
+    resumed = build_scheduler(doubled, settings, total_steps=50, steps_per_epoch=5)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    lrs = []
+    for _ in range(16):
+        doubled.step()
+        resumed.step()
+        lrs.append(doubled.param_groups[0]["lr"])
+    assert lrs[:4] == pytest.approx([0.1] * 4)  # epoch 5.2 … 5.8
+    assert lrs[4:14] == pytest.approx([0.01] * 10)  # epoch 6.0 … 7.8
+    assert lrs[14:] == pytest.approx([0.001] * 2)  # epoch 8.0, 8.2
+
+
+def test_a_resumed_schedule_takes_the_base_lr_of_the_current_config() -> None:
+    settings = ScheduleSettings(name="constant")
+    optimizer = build_optimizer(tiny_net(), OptimizerSettings(lr=0.1))
+    scheduler = build_scheduler(optimizer, settings, total_steps=100, steps_per_epoch=10)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    # As Lightning resumes: both built from the current config, then the optimizer's state restored (with the
+    # saved lr 0.1), then the scheduler's.
+    lower = build_optimizer(tiny_net(), OptimizerSettings(lr=0.05))
+    resumed = build_scheduler(lower, settings, total_steps=100, steps_per_epoch=10)
+    lower.load_state_dict(optimizer.state_dict())
+    resumed.load_state_dict(scheduler.state_dict())
+    assert lower.param_groups[0]["lr"] == resumed.get_last_lr()[0] == pytest.approx(0.05)

@@ -264,3 +264,27 @@ def test_a_resumed_run_keeps_its_whole_history_once_in_every_logger(resumed_long
     events.Reload()
     assert [e.step for e in events.Scalars("val/acc")] == [1, 3, 5]
     assert [e.step for e in events.Scalars("test/acc")] == [6]
+
+
+@pytest.mark.slow
+def test_optimizer_settings_changed_on_resume_take_effect_and_the_old_config_stays_on_record(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    constant = ["model.scheduler.name=constant", "model.scheduler.warmup_epochs=0", "test=false"]
+    first = run_entry("train.py", [*FEW_IMAGES, *constant, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run_entry(
+        "train.py",
+        [f"resume={run_dir}", "trainer.max_epochs=2", "model.optimizer.lr=0.05", "model.optimizer.momentum=0.5"],
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    out = resumed.stdout + resumed.stderr
+    assert "Resumed at step 2 with other settings than the checkpoint's" in out
+    assert "'lr': 0.1" in out and "'lr': 0.05" in out
+
+    last = final_state(run_dir)
+    (group,) = last["optimizer_states"][0]["param_groups"]
+    assert (group["lr"], group["momentum"]) == (0.05, 0.5), "what was trained after the resume"
+    assert last["hyper_parameters"]["optimizer"]["lr"] == 0.05
+    now = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    before = yaml.safe_load((run_dir / ".hydra" / "history" / "1" / "config.yaml").read_text())
+    assert (before["model"]["optimizer"]["lr"], now["model"]["optimizer"]["lr"]) == (0.1, 0.05)

@@ -3,6 +3,7 @@ per-step LR schedule, metrics."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
@@ -16,6 +17,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from wrncifar.models.batch_mixing import MixingSettings, build_batch_mixing
 from wrncifar.models.compilation import is_compiled, require_compile_support
 from wrncifar.models.optimization import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
 
 
 class ImageClassifier(LightningModule):
@@ -106,6 +109,36 @@ class ImageClassifier(LightningModule):
             require_compile_support(self.trainer.strategy.root_device)
             self.net.compile(mode=self.compile_mode)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resumed with other training settings: this config's take effect from the checkpoint on, and the log says
+        which changed. The optimizer state in the checkpoint would bring back the old momentum, Nesterov flag and
+        weight decay, so they are replaced here before Lightning restores it; the lr follows from the schedule
+        (`EpochSchedule` keeps this config's base lr)."""
+        saved = checkpoint.get("hyper_parameters") or {}
+        changes = [
+            f"model.{key}: {saved[key]} → {self.hparams[key]}"
+            for key in ("optimizer", "scheduler", "label_smoothing", "mixing")
+            if key in saved and _plain(saved[key]) != _plain(self.hparams[key])
+        ]
+        if changes:
+            log.warning(
+                "Resumed at step %s with other settings than the checkpoint's; from here on: %s",
+                checkpoint.get("global_step"),
+                "; ".join(changes),
+            )
+        settings = self.optimizer_settings
+        decays = [settings.weight_decay] if settings.decay_norm_and_bias else [settings.weight_decay, 0.0]
+        for state in checkpoint.get("optimizer_states") or []:
+            groups = state.get("param_groups", [])
+            if len(groups) != len(decays):
+                raise ValueError(
+                    f"the checkpoint's optimizer has {len(groups)} parameter group(s), this config's {len(decays)}: "
+                    "resume with the run's model.optimizer.decay_norm_and_bias, or start a new run from the "
+                    "checkpoint's weights"
+                )
+            for group, weight_decay in zip(groups, decays, strict=True):
+                group.update(momentum=settings.momentum, nesterov=settings.nesterov, weight_decay=weight_decay)
+
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         self.class_names = tuple(getattr(datamodule, "classes", ()))
@@ -172,6 +205,15 @@ class ImageClassifier(LightningModule):
 
 def accuracy(num_classes: int, top_k: int) -> MulticlassAccuracy:
     return MulticlassAccuracy(num_classes, top_k=top_k, average="micro", validate_args=False)
+
+
+def _plain(value: Any) -> Any:
+    """`value` with tuples as lists, for comparing hyperparameters saved in a checkpoint with the current ones."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _settings(cls: type, value: object) -> Any:

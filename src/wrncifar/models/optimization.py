@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LRScheduler
 
 
 @dataclass(frozen=True)
@@ -103,14 +102,54 @@ def lr_factor(step: int, settings: ScheduleSettings, total_steps: int, steps_per
     return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class EpochSchedule(LRScheduler):
+    """Sets every group's lr to its base lr × `lr_factor` at the schedule's position, stepped every optimizer step.
+
+    The position is kept in epochs (fractional): each step advances it by 1 / `steps_per_epoch` of the current
+    config. A run resumed with another number of steps per epoch (batch size, `drop_last`, device count) therefore
+    keeps the schedule where it was in epochs — a milestone at epoch 60 stays at epoch 60 — and the current config
+    gives the length (`total_steps`) and the base lr: only the position is saved (`state_dict` holds numbers
+    only). Resuming with more epochs stretches the curve over the new length from the position reached.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, settings: ScheduleSettings, total_steps: int, steps_per_epoch: float
+    ) -> None:
+        self.settings = settings
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.epochs_done = 0.0
+        super().__init__(optimizer)
+
+    def step(self, epoch: None = None) -> None:
+        if self.last_epoch >= 0:  # the constructor's own first call sets the initial lr; it trains nothing
+            self.epochs_done += 1.0 / self.steps_per_epoch
+        super().step()
+
+    def get_lr(self) -> list[float]:
+        return self._lrs()
+
+    def _lrs(self) -> list[float]:
+        step = round(self.epochs_done * self.steps_per_epoch)  # in steps of the current config
+        factor = lr_factor(step, self.settings, self.total_steps, self.steps_per_epoch)
+        return [base * factor for base in self.base_lrs]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs_done": self.epochs_done, "last_epoch": self.last_epoch, "_step_count": self._step_count}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the position; keep this config's base lrs, and set the optimizer's lr (whose restored state holds
+        the lr of the run that saved it) to the lr at the position. Accepts the step-only state of a LambdaLR."""
+        self.last_epoch = int(state_dict["last_epoch"])
+        self._step_count = int(state_dict.get("_step_count", self.last_epoch + 1))
+        self.epochs_done = float(state_dict.get("epochs_done", self.last_epoch / self.steps_per_epoch))
+        for group, base, lr in zip(self.optimizer.param_groups, self.base_lrs, self._lrs(), strict=True):
+            group["initial_lr"], group["lr"] = base, lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, settings: ScheduleSettings, total_steps: int, steps_per_epoch: float
-) -> LambdaLR:
-    """A per-step LambdaLR following `settings`.
-
-    The lambda is a `functools.partial`, whose state LambdaLR saves as empty: a resumed run keeps its step
-    count from the checkpoint but takes the curve from its current config, so resuming with more epochs
-    stretches the schedule over the new length instead of idling at the old floor.
-    """
-    schedule = functools.partial(lr_factor, settings=settings, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-    return LambdaLR(optimizer, schedule)
+) -> EpochSchedule:
+    """The per-step schedule `settings` asks for, over `total_steps` steps of `steps_per_epoch` each."""
+    return EpochSchedule(optimizer, settings, total_steps, steps_per_epoch)

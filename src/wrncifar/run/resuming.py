@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import yaml
@@ -20,7 +21,8 @@ def resume_overrides(args: list[str]) -> list[str]:
     """With `resume=<run_dir>` among `args`: the run's saved overrides, then the other `args` (which win), then
     `hydra.run.dir=<run_dir>` so that outputs, logs and checkpoints continue in the same folder.
 
-    Raises CheckpointError when `<run_dir>` is not a training run's folder.
+    Raises CheckpointError when `<run_dir>` is not a training run's folder. The run's saved config is archived
+    first (`archive_run_config`), since Hydra rewrites it for the resumed command.
     """
     given = [a for a in args if a.startswith("resume=")]
     if not given or given[-1] in ("resume=null", "resume="):
@@ -29,9 +31,22 @@ def resume_overrides(args: list[str]) -> list[str]:
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise CheckpointError(f"resume={run_dir}: not a training run's folder (no .hydra/overrides.yaml in it)")
+    archive_run_config(run_dir)
     first = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.lstrip("+~").startswith(OWN_KEYS)]
     rest = [a for a in args if not a.startswith("resume=")]
     return [*first, *rest, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
+
+
+def archive_run_config(run_dir: Path) -> Path:
+    """Copy `<run_dir>/.hydra/*.yaml` to `<run_dir>/.hydra/history/<n>/` (n = 1, 2, … per resume) and return that
+    folder: the config that trained each part of a resumed run stays on record beside the one Hydra writes."""
+    history = run_dir / ".hydra" / "history"
+    done = [int(p.name) for p in history.glob("*") if p.name.isdigit()] if history.is_dir() else []
+    folder = history / str(max(done, default=0) + 1)
+    folder.mkdir(parents=True)
+    for path in sorted((run_dir / ".hydra").glob("*.yaml")):
+        shutil.copy2(path, folder / path.name)
+    return folder
 
 
 def checkpoint_to_resume(cfg: DictConfig) -> Path | None:
