@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
@@ -164,3 +165,32 @@ def test_slurm_launcher_runs_one_task_per_gpu_and_lets_lightning_requeue(make_co
     # SIGUSR1 before the time limit is what Lightning's auto-requeue handles; submitit's resubmission stays off.
     assert launcher.additional_parameters.signal == f"USR1@{launcher.signal_delay_s}" == "USR1@120"
     assert launcher.max_num_timeout == 0
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_fails_and_the_search_goes_on_to_its_summary(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    diverging = ["model.optimizer.lr=1e6", "optimized_metric=val/loss", "hydra.sweeper.direction=minimize"]
+    args = [*optuna_search(tmp_path / "sweep", storage), "hydra.sweeper.n_trials=2", *diverging]
+    result = run_entry("train.py", args)
+    assert result.returncode == 1  # every trial failed
+    rows = read_summary(tmp_path / "sweep")
+    assert [r["status"] for r in rows] == ["failed", "failed"], "both trials ran and are recorded"
+    assert all(r["error"].startswith("NonFiniteMetricError: optimized_metric val/loss is nan") for r in rows)
+    study = optuna.load_study(study_name="wrn_cifar100", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+
+
+@pytest.mark.slow
+def test_a_job_of_a_search_resumes_as_a_single_run_and_leaves_the_study_alone(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    with_checkpoints = [a for a in optuna_search(tmp_path / "sweep", storage) if a != "callbacks=none"]
+    first = run_entry("train.py", [*with_checkpoints, "hydra.sweeper.n_trials=1", "test=false"])
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    job = tmp_path / "sweep" / "0"
+    resumed = run_entry("train.py", [f"resume={job}", "trainer.max_epochs=2"])
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    last = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 1, "the job trained on in its own folder"
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0"], "no new jobs"
+    assert len(optuna.load_study(study_name="wrn_cifar100", storage=storage).trials) == 1

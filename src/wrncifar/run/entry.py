@@ -21,6 +21,7 @@ from wrncifar.run.checkpoints import CheckpointError, CheckpointWriteError
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.distributed import log_files_on_rank_zero_only
 from wrncifar.run.extras import apply_extras
+from wrncifar.run.fit_and_test import NonFiniteMetricError
 from wrncifar.sweeps.summary import in_multirun, record_job_result
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ USER_ERRORS = (
     CheckpointError,
     CheckpointWriteError,
     NonFiniteLossError,
+    NonFiniteMetricError,
     InstantiationException,
 )
 

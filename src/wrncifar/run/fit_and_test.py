@@ -6,6 +6,7 @@ The training step itself is `wrncifar.models.classifier.ImageClassifier.training
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -125,4 +126,13 @@ def optimized_metric_value(metrics: Mapping[str, float], name: str | None) -> fl
         raise ConfigError(f"optimized_metric {name!r} was not logged; logged metrics: {', '.join(sorted(metrics))}")
     value = metrics[name]
     log.info("%s = %s", name, value)
+    if not math.isfinite(value):
+        raise NonFiniteMetricError(
+            f"optimized_metric {name} is {value}: the run diverged (try a lower model.optimizer.lr); "
+            "a sweep counts this job as failed"
+        )
     return value
+
+
+class NonFiniteMetricError(RuntimeError):
+    """The metric a sweep optimises is NaN or infinite: no value to compare, the job failed."""

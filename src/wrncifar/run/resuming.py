@@ -15,11 +15,15 @@ log = logging.getLogger(__name__)
 
 # Overrides of the first command that the resumed command sets itself.
 OWN_KEYS = ("resume", "ckpt_path", "hydra.run.dir")
+# Overrides that made the first command a sweep: a job of a sweep resumes as a single run in its own folder, and
+# the sweep (an Optuna study above all) is left as it is.
+SWEEP_KEYS = ("hparams_search", "hydra/sweeper", "hydra.sweeper", "hydra/launcher", "hydra.launcher", "hydra.mode")
 
 
 def resume_overrides(args: list[str]) -> list[str]:
     """With `resume=<run_dir>` among `args`: the run's saved overrides, then the other `args` (which win), then
-    `hydra.run.dir=<run_dir>` so that outputs, logs and checkpoints continue in the same folder.
+    `hydra.run.dir=<run_dir>` so that outputs, logs and checkpoints continue in the same folder. A job of a sweep
+    resumes as a single run: the overrides that made its command a sweep (`SWEEP_KEYS`) are left out.
 
     Raises CheckpointError when `<run_dir>` is not a training run's folder. The run's saved config is archived
     first (`archive_run_config`), since Hydra rewrites it for the resumed command.
@@ -32,7 +36,7 @@ def resume_overrides(args: list[str]) -> list[str]:
     if not saved.is_file():
         raise CheckpointError(f"resume={run_dir}: not a training run's folder (no .hydra/overrides.yaml in it)")
     archive_run_config(run_dir)
-    first = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.lstrip("+~").startswith(OWN_KEYS)]
+    first = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.lstrip("+~").startswith(OWN_KEYS + SWEEP_KEYS)]
     rest = [a for a in args if not a.startswith("resume=")]
     return [*first, *rest, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
 

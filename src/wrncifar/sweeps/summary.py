@@ -3,16 +3,19 @@
 Every job records its own result in `<job dir>/job_result.json` (written by `wrncifar.run.entry.run`, on rank 0),
 whatever launcher ran it: in this process, in local subprocesses or on SLURM nodes. At the end of the sweep,
 `SweepSummary` (a Hydra callback, in the process that launched the jobs) reads them back and writes
-`sweep_summary.csv` and `sweep_summary.md` to the sweep folder, and prints the table. A job that left no
-record was killed (or is still running) and is listed as such.
+`sweep_summary.csv` and `sweep_summary.md` to the sweep folder, and prints the table; it also rewrites them
+after each job, so they exist however the sweep ends. A job that left no record was killed (or is still
+running) and is listed as such.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -98,17 +101,29 @@ def summary_rows(jobs: list[JobSummary], metric: str) -> tuple[list[str], list[l
     return header, rows
 
 
-def write_summary(sweep_dir: Path, metric: str, mode: Literal["max", "min"] = "max") -> list[JobSummary]:
-    """Write SUMMARY_CSV and SUMMARY_MD to `sweep_dir`, print the table, and return the jobs, best first."""
+def write_summary(
+    sweep_dir: Path, metric: str, mode: Literal["max", "min"] = "max", quiet: bool = False
+) -> list[JobSummary]:
+    """Write SUMMARY_CSV and SUMMARY_MD to `sweep_dir` (each replaced whole, never half-written), print the table
+    unless `quiet`, and return the jobs, best first."""
     jobs = summarize(sweep_dir, mode)
     header, rows = summary_rows(jobs, metric)
-    with (sweep_dir / SUMMARY_CSV).open("w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
     table = [header, ["---"] * len(header), *rows]
     markdown = "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table)
-    (sweep_dir / SUMMARY_MD).write_text(f"# Sweep {sweep_dir}\n\n{markdown}\n")
-    log.info("Sweep summary (%s, best first), also in %s:\n%s", metric, sweep_dir / SUMMARY_MD, markdown)
+    text = io.StringIO()
+    csv.writer(text).writerows([header, *rows])
+    _replace(sweep_dir / SUMMARY_CSV, text.getvalue())
+    _replace(sweep_dir / SUMMARY_MD, f"# Sweep {sweep_dir}\n\n{markdown}\n")
+    if not quiet:
+        log.info("Sweep summary (%s, best first), also in %s:\n%s", metric, sweep_dir / SUMMARY_MD, markdown)
     return jobs
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write `path` through a temporary file renamed over it: jobs running at once may each rewrite the summary."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 class SweepSummary(Callback):
@@ -124,6 +139,16 @@ class SweepSummary(Callback):
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.mode = mode
+
+    @rank_zero_only
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """Rewrite the summary after every job of a multirun: it is there (with the jobs so far) even when the sweep
+        ends without reaching `on_multirun_end`, as an Optuna search whose every trial failed does."""
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():
+            write_summary(sweep_dir, str(config.get("optimized_metric") or "result"), self.mode, quiet=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
