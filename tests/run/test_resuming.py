@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
 
-from tests.conftest import FEW_IMAGES, ROOT, TINY_SYNTHETIC, read_metrics, run_entry
+from tests.conftest import CONFIGS, FEW_IMAGES, ROOT, TINY_SYNTHETIC, read_metrics, run_entry
 from wrncifar.run.checkpoints import CheckpointError
+from wrncifar.run.folder_lock import check_folder_free
 from wrncifar.run.resuming import resume_overrides
 
 # The on-device loader keeps its position in checkpoints; step.ckpt every 3 steps; 2 epochs of 32 steps.
@@ -288,3 +290,44 @@ def test_optimizer_settings_changed_on_resume_take_effect_and_the_old_config_sta
     now = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
     before = yaml.safe_load((run_dir / ".hydra" / "history" / "1" / "config.yaml").read_text())
     assert (before["model"]["optimizer"]["lr"], now["model"]["optimizer"]["lr"]) == (0.1, 0.05)
+
+
+@pytest.mark.slow
+def test_runs_started_together_get_folders_of_their_own(tmp_path: Path) -> None:
+    args = [*FEW_IMAGES, "trainer.max_epochs=1", "test=false", f"paths.log_dir={tmp_path}"]
+    processes = [start_entry([*args, f"seed={seed}"]) for seed in (1, 2, 3)]
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read()[-3000:]
+    runs = sorted((tmp_path / "train" / "runs").iterdir())
+    assert len(runs) == 3
+    seeds = sorted(
+        next(o for o in yaml.safe_load((r / ".hydra" / "overrides.yaml").read_text()) if o.startswith("seed="))
+        for r in runs
+    )
+    assert seeds == ["seed=1", "seed=2", "seed=3"]
+    assert all((r / "checkpoints" / "last.ckpt").is_file() for r in runs)
+
+
+def test_run_folder_names_differ_within_one_second() -> None:
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        names = {str(compose("train.yaml", return_hydra_config=True).hydra.run.dir) for _ in range(3)}
+    assert len(names) == 3
+
+
+@pytest.mark.slow
+def test_a_run_that_is_still_running_cannot_be_resumed(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    process = start_entry([*RESUMABLE, f"hydra.run.dir={run_dir}", "trainer.max_epochs=30"])
+    try:
+        wait_for_checkpoint_after(process, run_dir, step=0)
+        config_before = (run_dir / ".hydra" / "config.yaml").read_text()
+        resumed = run_entry("train.py", [f"resume={run_dir}"])
+        assert resumed.returncode == 1
+        assert f"{run_dir} is in use by a run that is still running (process {process.pid}" in resumed.stderr
+        assert "Traceback" not in resumed.stderr
+        assert (run_dir / ".hydra" / "config.yaml").read_text() == config_before, "nothing of the live run touched"
+        assert not (run_dir / ".hydra" / "history").exists()
+    finally:
+        process.kill()
+        process.wait()
+    check_folder_free(run_dir)  # a killed run leaves no lock behind

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from wrncifar.run.checkpoints import CheckpointError
+from wrncifar.run.folder_lock import FolderInUseError
 from wrncifar.run.resuming import resume_overrides
 
 # Groups with a default option that a user may switch off. Hydra rejects `group=null` once the group has a
@@ -23,13 +24,13 @@ def null_group_overrides(args: list[str]) -> list[str]:
 
 def hydra_arguments(args: list[str], resumable: bool) -> list[str]:
     """`args` with `null_group_overrides` applied and, when `resumable`, `resume=<run_dir>` expanded (see
-    `resume_overrides`). A run folder that cannot be resumed prints its message and exits 1: Hydra has not set
-    up logging yet, so there is no log file to write it to."""
+    `resume_overrides`). A folder that cannot be resumed (not a run, or a run still running) prints its message
+    and exits 1: Hydra has not set up logging yet, so there is no log file to write it to."""
     args = null_group_overrides(args)
     if not resumable:
         return args
     try:
         return resume_overrides(args)
-    except CheckpointError as err:
+    except (CheckpointError, FolderInUseError) as err:
         print(f"Error: {err}", file=sys.stderr)
         raise SystemExit(1) from err

@@ -7,9 +7,11 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TypeVar
 
 from hydra.errors import InstantiationException
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
@@ -22,6 +24,7 @@ from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.distributed import log_files_on_rank_zero_only
 from wrncifar.run.extras import apply_extras
 from wrncifar.run.fit_and_test import NonFiniteMetricError
+from wrncifar.run.folder_lock import FolderInUseError, hold_run_folder
 from wrncifar.sweeps.summary import in_multirun, record_job_result
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ USER_ERRORS = (
     CheckpointWriteError,
     NonFiniteLossError,
     NonFiniteMetricError,
+    FolderInUseError,
     InstantiationException,
 )
 
@@ -54,8 +58,10 @@ def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
     log_files_on_rank_zero_only()
     failed = True  # until the task returns
     try:
-        apply_extras(cfg)
-        result = task(cfg)
+        # Rank 0 holds the run folder; under DDP the other ranks work in the same one.
+        with hold_run_folder(cfg.paths.output_dir) if rank_zero_only.rank == 0 else nullcontext():
+            apply_extras(cfg)
+            result = task(cfg)
         failed = False
     except USER_ERRORS as err:
         log.error("%s", err)

@@ -1,0 +1,62 @@
+"""One live run per run folder: a run holds an advisory lock on `<run_dir>/.run.lock` while it works there, and
+`resume=` of a folder whose lock is held is refused before anything in it is written.
+
+The lock is `flock` on an open file: the operating system releases it when the process ends, however it ends, so
+a crashed or killed run leaves no stale lock behind (a requeued job can take its folder back at once).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+LOCK_FILE = ".run.lock"
+
+
+class FolderInUseError(RuntimeError):
+    """Another live process is running in this run folder."""
+
+
+@contextmanager
+def hold_run_folder(run_dir: str | Path) -> Iterator[None]:
+    """Hold the lock of `run_dir` for the duration of the block; FolderInUseError if another process holds it."""
+    path = Path(run_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise FolderInUseError(_in_use_message(Path(run_dir), fd)) from err
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.uname().nodename} {os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def check_folder_free(run_dir: Path) -> None:
+    """FolderInUseError when a live process holds `run_dir`'s lock (`resume=` of a run that is still running)."""
+    path = run_dir / LOCK_FILE
+    if not path.is_file():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise FolderInUseError(_in_use_message(run_dir, fd)) from err
+    finally:
+        os.close(fd)
+
+
+def _in_use_message(run_dir: Path, fd: int) -> str:
+    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+    host, _, pid = holder.partition(" ")
+    return (
+        f"{run_dir} is in use by a run that is still running (process {pid or '?'} on {host}): wait for it to end "
+        "(or stop it) before resuming it, or give this run its own folder (leave out hydra.run.dir)"
+    )
