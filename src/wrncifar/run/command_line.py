@@ -1,11 +1,18 @@
-"""The command line as Hydra must see it: the spellings users of Lightning-Hydra templates type, rewritten into
-Hydra's own, and `resume=<run_dir>` expanded into that run's overrides. One step, before `@hydra.main` parses
-`sys.argv`.
+"""The command line as Hydra must see it: `resume=<run_dir>` expanded into that run's overrides, paths quoted so
+that any legal path works, and the spellings users of Lightning-Hydra templates type rewritten into Hydra's own.
+One step, before `@hydra.main` parses `sys.argv`.
 """
 
 from __future__ import annotations
 
+import re
 import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
 
 from wrncifar.run.checkpoints import CheckpointError
 from wrncifar.run.folder_lock import FolderInUseError
@@ -22,15 +29,55 @@ def null_group_overrides(args: list[str]) -> list[str]:
     return [f"~{arg.split('=')[0]}" if arg in nulls else arg for arg in args]
 
 
-def hydra_arguments(args: list[str], resumable: bool) -> list[str]:
-    """`args` with `null_group_overrides` applied and, when `resumable`, `resume=<run_dir>` expanded (see
-    `resume_overrides`). A folder that cannot be resumed (not a run, or a run still running) prints its message
-    and exits 1: Hydra has not set up logging yet, so there is no log file to write it to."""
-    args = null_group_overrides(args)
-    if not resumable:
-        return args
+# Keys whose values are paths (with `paths.*`). Hydra's override grammar gives spaces around words, commas (a
+# sweep), brackets, braces, parentheses, `=`, quotes and non-ASCII letters meanings of their own, or refuses them.
+PATH_KEYS = ("ckpt_path", "resume", "data.data_dir", "eval.report_dir", "hydra.run.dir", "hydra.sweep.dir")
+
+
+def quote_path(arg: str) -> str:
+    """`key=<path>` with the path in single quotes when Hydra would not read it as typed (`ckpt_path=/a b,c/x.ckpt`
+    → `ckpt_path='/a b,c/x.ckpt'`). Values already quoted, `null` and interpolations (`${…}`) are left as they are;
+    to sweep over paths, use `choice('a','b')`."""
+    key, sep, value = arg.partition("=")
+    name = key.lstrip("+~")
+    if not sep or not (name in PATH_KEYS or name.startswith("paths.")):
+        return arg
+    if not value or value[0] in "'\"" or value == "null" or "${" in value or value.startswith(("choice(", "glob(")):
+        return arg
     try:
-        return resume_overrides(args)
-    except (CheckpointError, FolderInUseError) as err:
-        print(f"Error: {err}", file=sys.stderr)
-        raise SystemExit(1) from err
+        parsed = OverridesParser.create().parse_override(f"{name}={value}")
+        if parsed.value() == value:
+            return arg
+    except HydraException:  # it cannot be read as typed
+        pass
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
+    return f"{key}='{escaped}'"
+
+
+def hydra_arguments(args: list[str], resumable: bool) -> list[str]:
+    """`args` with, when `resumable`, `resume=<run_dir>` expanded (see `resume_overrides`), then paths quoted
+    (`quote_path`) and `null_group_overrides` applied. A folder that cannot be resumed (not a run, or a run still
+    running) prints its message and exits 1: Hydra has not set up logging yet, so there is no log file for it."""
+    if resumable:
+        try:
+            args = resume_overrides(args)
+        except (CheckpointError, FolderInUseError) as err:
+            print(f"Error: {err}", file=sys.stderr)
+            raise SystemExit(1) from err
+    return null_group_overrides([quote_path(arg) for arg in args])
+
+
+def absolute_paths(cfg: DictConfig) -> None:
+    """Make the path options of `cfg` absolute, relative to the folder the command was run from: with
+    `hydra.job.chdir=true` the job runs in its output folder, where a relative path would point elsewhere, and an
+    error then names the absolute path it looked at."""
+    if not HydraConfig.initialized():
+        return
+    launch_dir = Path(HydraConfig.get().runtime.cwd)
+    keys = [k for k in PATH_KEYS if not k.startswith(("hydra.", "resume"))]
+    keys += [f"paths.{k}" for k in (cfg.get("paths") or {})]
+    for key in keys:
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            OmegaConf.update(cfg, key, str(launch_dir / Path(value).expanduser()), force_add=False)

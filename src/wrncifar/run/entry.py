@@ -20,6 +20,7 @@ from wrncifar.data.cifar100_sources import CorruptDatasetError, DatasetNotFoundE
 from wrncifar.data.device_batches import DeviceMemoryError
 from wrncifar.models.compilation import CompileUnavailableError
 from wrncifar.run.checkpoints import CheckpointError, CheckpointWriteError
+from wrncifar.run.command_line import absolute_paths
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.distributed import log_files_on_rank_zero_only
 from wrncifar.run.extras import apply_extras
@@ -60,6 +61,7 @@ def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
     try:
         # Rank 0 holds the run folder; under DDP the other ranks work in the same one.
         with hold_run_folder(cfg.paths.output_dir) if rank_zero_only.rank == 0 else nullcontext():
+            absolute_paths(cfg)
             apply_extras(cfg)
             result = task(cfg)
         failed = False

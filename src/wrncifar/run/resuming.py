@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, open_dict
 
 from wrncifar.run.checkpoints import CheckpointError, load_checkpoint, newest_valid_checkpoint
@@ -27,13 +28,13 @@ def resume_overrides(args: list[str]) -> list[str]:
     resumes as a single run: the overrides that made its command a sweep (`SWEEP_KEYS`) are left out.
 
     Raises CheckpointError when `<run_dir>` is not a training run's folder, FolderInUseError while a run is still
-    running in it. The run's saved config is archived
-    first (`archive_run_config`), since Hydra rewrites it for the resumed command.
+    running in it. The run's saved config is archived first (`archive_run_config`), since Hydra rewrites it for
+    the resumed command. The folder may be given quoted or not; it is passed on unquoted (see `command_line`).
     """
     given = [a for a in args if a.startswith("resume=")]
     if not given or given[-1] in ("resume=null", "resume="):
         return args
-    run_dir = Path(given[-1].split("=", 1)[1]).expanduser().resolve()
+    run_dir = Path(unquoted(given[-1].split("=", 1)[1])).expanduser().resolve()
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise CheckpointError(f"resume={run_dir}: not a training run's folder (no .hydra/overrides.yaml in it)")
@@ -42,6 +43,13 @@ def resume_overrides(args: list[str]) -> list[str]:
     first = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.lstrip("+~").startswith(OWN_KEYS + SWEEP_KEYS)]
     rest = [a for a in args if not a.startswith("resume=")]
     return [*first, *rest, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
+
+
+def unquoted(value: str) -> str:
+    """A command-line value as Hydra reads it when it is quoted (`'a b'` → `a b`), else as typed."""
+    if len(value) < 2 or value[0] not in "'\"" or value[-1] != value[0]:
+        return value
+    return str(OverridesParser.create().parse_override(f"key={value}").value())
 
 
 def archive_run_config(run_dir: Path) -> Path:
