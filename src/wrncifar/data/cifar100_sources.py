@@ -5,18 +5,22 @@ Sources, in the order they are looked for under `data_dir`:
 2. the official `cifar-100-python/` folder (checked against torchvision's md5s);
 3. the official `cifar-100-python.tar.gz` archive (md5-checked, then extracted next to it);
 4. a download by torchvision (md5-checked), when `download=True`.
-A corrupt file raises `CorruptDatasetError` naming it; nothing is ever deleted or overwritten.
+A corrupt file raises `CorruptDatasetError` naming it; nothing is ever deleted or overwritten. The one exception is
+a download of this project's own that arrived corrupt: it is moved aside (`<name>.corrupt-<time>`), not reused.
 Both layouts also carry CIFAR-100's 20 superclasses (coarse labels and their names); they are read when present.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import pickle
+import time
 import urllib.error
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torchvision.datasets import CIFAR100
@@ -71,13 +75,43 @@ def prepare_cifar100(data_dir: str | Path, download: bool) -> str:
         _verify_official_folder(data_dir)
         return "official"
     if download:
+        archive = official_archive(data_dir)
         try:
             CIFAR100(str(data_dir), train=True, download=True)
-        except (urllib.error.URLError, OSError) as err:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            _set_aside(archive)  # a partial download
             raise DatasetNotFoundError(_missing_message(data_dir, f"and the download failed ({err})")) from err
+        except RuntimeError as err:  # torchvision's "File not found or corrupted.": the md5 of the download differs
+            raise CorruptDatasetError(_corrupt_download_message(archive)) from err
         _verify_official_folder(data_dir)
         return "official"
     raise DatasetNotFoundError(_missing_message(data_dir, "and download is off (data.download=false)"))
+
+
+def _corrupt_download_message(archive: Path) -> str:
+    """Describe the archive torchvision downloaded and found corrupt, and move it aside: it is this project's own
+    download, and leaving it would make the next run read it instead of downloading again."""
+    if not archive.is_file():
+        return f"the download of {CIFAR100.url} to {archive} failed its check and left no file; try again"
+    size, md5 = archive.stat().st_size, _file_hash(archive, hashlib.md5())
+    with archive.open("rb") as f:
+        html = f.read(512).lstrip().lower().startswith((b"<!doctype html", b"<html"))
+    aside = _set_aside(archive)
+    what = "an HTML page, not the archive (a proxy or login page?)" if html else "truncated or corrupt"
+    return (
+        f"the download of {CIFAR100.url} is {what}: {size:,} bytes with md5 {md5}, expected md5 {CIFAR100.tgz_md5}. "
+        f"It was moved to {aside}, so the next run downloads it again. If that keeps failing, download "
+        f"{CIFAR100.filename} yourself and place it at {archive}, or point data.data_dir at a folder that has it."
+    )
+
+
+def _set_aside(path: Path) -> Path | None:
+    """Rename a file this project downloaded and cannot use to `<name>.corrupt-<time>`; None when there is none."""
+    if not path.is_file():
+        return None
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(aside)
+    return aside
 
 
 def load_cifar100(data_dir: str | Path) -> ImageArrays:
@@ -170,7 +204,7 @@ def _verify_array_export(data_dir: Path) -> None:
         path = data_dir / name.strip().lstrip("*")
         if path.name not in ARRAY_FILES:
             continue
-        actual = _sha256(path)
+        actual = _file_hash(path, hashlib.sha256())
         if actual != digest:
             raise CorruptDatasetError(
                 f"{path} fails its SHA-256 check against {sums} (expected {digest}, got {actual}): "
@@ -178,8 +212,7 @@ def _verify_array_export(data_dir: Path) -> None:
             )
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _file_hash(path: Path, digest: Any) -> str:
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
