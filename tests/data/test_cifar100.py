@@ -3,6 +3,9 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
+import subprocess
+import sys
 import tarfile
 import threading
 import urllib.error
@@ -317,3 +320,54 @@ def test_a_corrupt_download_is_named_on_the_first_run_and_set_aside(archive_serv
     first_requests = _ArchiveServer.requests
     assert len(datamodule(data_dir, download=True).test_set) == FAKE_CLASSES * FAKE_TEST_PER_CLASS
     assert _ArchiveServer.requests > first_requests
+
+
+# Run where the data folder cannot be written. Root ignores permission bits, so under root the check runs in a
+# mount namespace (`unshare`) where the folder is bind-mounted read-only, as a shared dataset folder on a cluster
+# is for its users; other users get the folder's permission bits removed.
+READ_ONLY_CHECK = """
+import json, sys
+from pathlib import Path
+from torchvision.datasets import CIFAR100
+data_dir, md5s = Path(sys.argv[1]), json.loads(sys.argv[2])
+CIFAR100.tgz_md5 = md5s["tgz"]
+CIFAR100.train_list, CIFAR100.test_list = [["train", md5s["train"]]], [["test", md5s["test"]]]
+CIFAR100.meta = {**CIFAR100.meta, "md5": md5s["meta"]}
+from wrncifar.data.cifar100_sources import load_cifar100, prepare_cifar100
+print(prepare_cifar100(data_dir, download=False), len(load_cifar100(data_dir).test_labels))
+"""
+
+
+def run_with_read_only(folder: Path, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    if os.geteuid() == 0:
+        remount = 'mount --bind -o ro "$0" "$0" && exec "$@"'
+        argv = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", remount, str(folder), *argv]
+    else:
+        folder.chmod(0o555)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_an_archive_in_a_read_only_folder_is_extracted_into_the_users_cache(cifar_folder, tmp_path) -> None:
+    data_dir, _ = cifar_folder
+    folder = data_dir / CIFAR100.base_folder
+    md5s = {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in ("train", "test", "meta")}
+    shared, cache = tmp_path / "shared", tmp_path / "cache"
+    shared.mkdir()
+    with tarfile.open(shared / CIFAR100.filename, "w:gz") as tar:
+        tar.add(folder, arcname=CIFAR100.base_folder)
+    md5s["tgz"] = hashlib.md5((shared / CIFAR100.filename).read_bytes()).hexdigest()
+    env = {**os.environ, "WRNCIFAR_CACHE_DIR": str(cache)}
+    try:
+        for run in range(2):  # extracted once, then read from the cache
+            done = run_with_read_only(
+                shared, [sys.executable, "-c", READ_ONLY_CHECK, str(shared), json.dumps(md5s)], env
+            )
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert done.stdout.split() == ["official", str(FAKE_CLASSES * FAKE_TEST_PER_CLASS)]
+            assert ("is not writable: extracting" in done.stderr) == (run == 0)
+    finally:
+        shared.chmod(0o755)
+    (extracted,) = cache.glob(f"cifar100-*/{CIFAR100.base_folder}")
+    assert (extracted / "train").is_file()
+    assert sorted(p.name for p in shared.iterdir()) == [CIFAR100.filename], "the shared folder is untouched"

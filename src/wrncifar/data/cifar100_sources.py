@@ -3,7 +3,8 @@
 Sources, in the order they are looked for under `data_dir`:
 1. the array export: `train.npz`, `test.npz`, `meta.json` (checked against `SHA256SUMS` when present);
 2. the official `cifar-100-python/` folder (checked against torchvision's md5s);
-3. the official `cifar-100-python.tar.gz` archive (md5-checked, then extracted next to it);
+3. the official `cifar-100-python.tar.gz` archive (md5-checked, then extracted next to it, or into this user's
+   cache when the folder is read-only: `extraction_dir`);
 4. a download by torchvision (md5-checked), when `download=True`.
 A corrupt file raises `CorruptDatasetError` naming it; nothing is ever deleted or overwritten. The one exception is
 a download of this project's own that arrived corrupt: it is moved aside (`<name>.corrupt-<time>`), not reused.
@@ -15,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import logging
+import os
 import pickle
 import time
 import urllib.error
@@ -27,6 +30,8 @@ from torchvision.datasets import CIFAR100
 from torchvision.datasets.utils import check_integrity, extract_archive
 
 from wrncifar.data.arrays import ImageArrays, superclass_of_each_class
+
+log = logging.getLogger(__name__)
 
 ARRAY_FILES = ("train.npz", "test.npz", "meta.json")
 NUM_CLASSES = 100
@@ -50,6 +55,17 @@ def official_archive(data_dir: Path) -> Path:
     return data_dir / CIFAR100.filename
 
 
+def extraction_dir(data_dir: Path) -> Path:
+    """Where the archive found in `data_dir` is extracted: beside it, or, when `data_dir` is not writable (a shared
+    read-only dataset folder on a cluster), in this user's cache, one folder per archive location:
+    `$WRNCIFAR_CACHE_DIR`, else `$XDG_CACHE_HOME/wrncifar`, else `~/.cache/wrncifar`."""
+    if os.access(data_dir, os.W_OK):
+        return data_dir
+    cache = os.environ.get("WRNCIFAR_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "wrncifar"
+    key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    return Path(cache).expanduser() / f"cifar100-{key}"
+
+
 def has_array_export(data_dir: Path) -> bool:
     """Whether `data_dir` holds the three files of the array export."""
     return all((data_dir / name).is_file() for name in ARRAY_FILES)
@@ -65,14 +81,20 @@ def prepare_cifar100(data_dir: str | Path, download: bool) -> str:
         _verify_official_folder(data_dir)
         return "official"
     if official_archive(data_dir).is_file():
-        archive = official_archive(data_dir)
+        archive, target = official_archive(data_dir), extraction_dir(data_dir)
+        if official_folder(target).is_dir():  # extracted into the cache by an earlier run
+            _verify_official_folder(target)
+            return "official"
         if not check_integrity(str(archive), CIFAR100.tgz_md5):
             raise CorruptDatasetError(
                 f"{archive} fails its md5 check (expected {CIFAR100.tgz_md5}): the archive is truncated or corrupt. "
                 "Replace it with a fresh copy of cifar-100-python.tar.gz; it was left untouched."
             )
-        extract_archive(str(archive), str(data_dir))
-        _verify_official_folder(data_dir)
+        if target != data_dir:
+            log.warning("%s is not writable: extracting %s into %s", data_dir, archive.name, target)
+        target.mkdir(parents=True, exist_ok=True)
+        extract_archive(str(archive), str(target))
+        _verify_official_folder(target)
         return "official"
     if download:
         archive = official_archive(data_dir)
@@ -121,6 +143,8 @@ def load_cifar100(data_dir: str | Path) -> ImageArrays:
         return _read_array_export(data_dir)
     if official_folder(data_dir).is_dir():
         return _read_official_folder(data_dir)
+    if official_archive(data_dir).is_file() and official_folder(extraction_dir(data_dir)).is_dir():
+        return _read_official_folder(extraction_dir(data_dir))
     raise DatasetNotFoundError(_missing_message(data_dir, "(prepare_data was not run?)"))
 
 
