@@ -27,7 +27,8 @@ def module(widths=(4, 8, 8, 8), blocks_per_stage: int = 1) -> ImageClassifier:
 
 
 def save(path: Path, step: int = 0, **kwargs) -> None:
-    AtomicCheckpointIO().save_checkpoint({"state_dict": module(**kwargs).state_dict(), "global_step": step}, path)
+    checkpoint = {"state_dict": module(**kwargs).state_dict(), "global_step": step, "pytorch-lightning_version": "2.6"}
+    AtomicCheckpointIO().save_checkpoint(checkpoint, path)
 
 
 def test_checkpoint_is_written_whole_and_readable_by_others(tmp_path) -> None:
@@ -72,10 +73,14 @@ def test_missing_truncated_and_foreign_files_are_refused_with_their_path(tmp_pat
     truncated.write_bytes(good.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match=r"truncated\.ckpt is corrupt"):
         load_checkpoint(truncated)
-    not_lightning = tmp_path / "weights.pt"
-    torch.save({"weight": torch.zeros(2)}, not_lightning)
+    not_lightning = tmp_path / "notes.pt"
+    torch.save({"note": "text"}, not_lightning)
     with pytest.raises(CheckpointError, match="no state_dict"):
         load_checkpoint(not_lightning)
+    plain = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, plain)
+    with pytest.raises(CheckpointError, match=f"holds plain network weights.*init_from={plain}"):
+        load_checkpoint(plain)
 
 
 class RunsCode:
@@ -132,3 +137,35 @@ def test_a_checkpoint_of_another_architecture_lists_what_differs(tmp_path) -> No
     assert "unexpected: " in message and "block4" in message  # the second block of each stage
     assert "different shape: " in message and "(10, 16) vs model (10, 8)" in message
     check_compatible(module(widths=(4, 8, 8, 16), blocks_per_stage=2), checkpoint, path)
+
+
+def seed_layouts(net: torch.nn.Module) -> dict[str, object]:
+    """The ways plain PyTorch code saves a network's weights."""
+    weights = net.state_dict()
+    return {
+        "torch.save(net.state_dict())": weights,
+        "a training loop's dict": {"epoch": 199, "state_dict": weights, "optimizer": {"lr": 0.1}},
+        "nn.DataParallel": {f"module.{k}": v for k, v in weights.items()},
+        "torch.compile": {f"_orig_mod.{k}": v for k, v in weights.items()},
+        "a Lightning checkpoint": {"state_dict": {f"net.{k}": v for k, v in weights.items()}},
+    }
+
+
+@pytest.mark.parametrize("layout", list(seed_layouts(torch.nn.Identity())))
+def test_network_weights_of_every_layout_load_strictly_into_the_network(tmp_path, layout: str) -> None:
+    from tests.seed_wideresnet import WideResNet as SeedWideResNet
+
+    seed = SeedWideResNet(100)
+    path = tmp_path / "seed.pt"
+    torch.save(seed_layouts(seed)[layout], path)
+    net = WideResNet(num_classes=100, pooling="seed")
+    checkpointing.load_network_weights(net, path)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), seed.state_dict().values(), strict=True))
+
+
+def test_network_weights_of_another_network_are_refused_with_the_differences(tmp_path) -> None:
+    path = tmp_path / "other.pt"
+    torch.save(WideResNet(num_classes=10, widths=[4, 8, 8, 16]).state_dict(), path)
+    shapes = r"different shape: block5\.scale\.weight: checkpoint \(16, 8, 1, 1\) vs model \(8, 8, 1, 1\)"
+    with pytest.raises(CheckpointError, match=f"different network.*{shapes}"):
+        checkpointing.load_network_weights(WideResNet(num_classes=10, widths=[4, 8, 8, 8]), path)

@@ -7,9 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
-from tests.conftest import best_checkpoint, last_logged, read_metrics
+from tests.conftest import best_checkpoint, last_logged, read_metrics, run_entry
 from wrncifar.analysis.evaluation_report import PREDICTIONS_FILE, REPORT_FILE, read_report
+from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.entry import run
 from wrncifar.run.evaluation import evaluate, report_directory, training_run_config
@@ -141,3 +143,26 @@ def test_a_checkpoint_of_another_architecture_is_refused_with_the_differences(tr
     )
     with pytest.raises(CheckpointError, match=r"different network .*different shape: .*vs model"):
         evaluate(cfg)
+
+
+@pytest.mark.slow
+def test_the_seeds_own_plain_state_dict_is_evaluated_with_the_seed_pooling(tmp_path: Path) -> None:
+    from tests.seed_wideresnet import WideResNet as SeedWideResNet
+
+    torch.manual_seed(0)
+    seed = SeedWideResNet(100).eval()
+    weights = tmp_path / "seed_weights.pt"
+    torch.save({f"module.{k}": v for k, v in seed.state_dict().items()}, weights)  # saved from nn.DataParallel
+    out = tmp_path / "eval"
+    data = ["data=synthetic", "data.train_per_class=2", "data.val_per_class=1", "data.test_per_class=1"]
+    args = [f"ckpt_path={weights}", "model.net.pooling=seed", *data, "trainer=cpu", "eval.report=false", "logger=null"]
+    result = run_entry("eval.py", [*args, f"hydra.run.dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "holds plain network weights: testing them in the configured model" in result.stdout + result.stderr
+
+    # The same images through the seed's own network give the same accuracy.
+    dm = SyntheticCIFAR100DataModule(train_per_class=2, val_per_class=1, test_per_class=1, num_workers=0)
+    dm.setup("test")
+    with torch.no_grad():
+        correct = sum(int((seed(x).argmax(1) == y).sum()) for x, y in dm.test_dataloader())
+    assert json.loads((out / "test_metrics.json").read_text())["test/acc"] == pytest.approx(correct / 100)

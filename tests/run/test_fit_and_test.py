@@ -119,3 +119,26 @@ def test_optimized_metric_is_read_or_named_as_missing() -> None:
     assert optimized_metric_value({"val/acc_best": 0.5}, None) is None
     with pytest.raises(ConfigError, match="optimized_metric 'val/f1' was not logged; logged metrics: val/acc_best"):
         optimized_metric_value({"val/acc_best": 0.5}, "val/f1")
+
+
+@pytest.mark.slow
+def test_init_from_starts_a_new_run_from_plain_network_weights(tmp_path: Path) -> None:
+    from wrncifar.models.wideresnet import WideResNet
+
+    torch.manual_seed(3)
+    start = WideResNet(num_classes=100, widths=[8, 16, 32, 64])
+    weights = tmp_path / "weights.pt"
+    torch.save({"epoch": 10, "state_dict": start.state_dict()}, weights)  # a plain training loop's checkpoint
+    run_dir = tmp_path / "run"
+    frozen = ["model.optimizer.lr=1e-12", "model.optimizer.weight_decay=0", "model.net.dropout=0", "test=false"]
+    args = [*TINY_SYNTHETIC, "trainer.max_epochs=1", *frozen, f"init_from={weights}", f"hydra.run.dir={run_dir}"]
+    result = run_entry("train.py", args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Starting from the network weights of {weights}" in result.stdout + result.stderr
+    trained = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for name, value in start.state_dict().items():
+        if name.endswith(".weight") and value.ndim == 4:  # the convolutions, which an lr of 1e-12 leaves as they were
+            torch.testing.assert_close(trained[f"net.{name}"], value)
+
+    both = run_entry("train.py", [*args, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])
+    assert both.returncode == 1 and "init_from starts a new run" in both.stdout + both.stderr

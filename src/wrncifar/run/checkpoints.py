@@ -79,19 +79,63 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint at `path`, loaded with `weights_only=True` (no code runs); CheckpointError if it is unusable."""
+def read_checkpoint_file(path: Path) -> Any:
+    """The object saved at `path`, loaded with `weights_only=True` (no code runs); CheckpointError if unusable."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: pass the path of a .ckpt file (or resume=<run_dir>)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, garbage bytes, or a pickle that wants to run code
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: {err})"
         ) from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"checkpoint {path} has no state_dict: it is not a Lightning checkpoint")
-    return checkpoint
+
+
+def is_lightning_checkpoint(checkpoint: Any) -> bool:
+    """Whether `checkpoint` is a Lightning checkpoint (weights, optimizer, loops) rather than a plain state_dict."""
+    return isinstance(checkpoint, dict) and "pytorch-lightning_version" in checkpoint and "state_dict" in checkpoint
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The Lightning checkpoint at `path` (see `read_checkpoint_file`); CheckpointError if it is not one."""
+    checkpoint = read_checkpoint_file(path)
+    if is_lightning_checkpoint(checkpoint):
+        return checkpoint
+    if isinstance(checkpoint, dict) and ("state_dict" in checkpoint or _all_tensors(checkpoint)):
+        raise CheckpointError(
+            f"checkpoint {path} holds plain network weights, not a Lightning checkpoint (no optimizer or schedule "
+            f"to continue): start a new run from them with init_from={path}; eval.py evaluates them as they are"
+        )
+    raise CheckpointError(f"checkpoint {path} has no state_dict: it is not a Lightning checkpoint")
+
+
+def _all_tensors(mapping: dict) -> bool:
+    return bool(mapping) and all(isinstance(v, torch.Tensor) for v in mapping.values())
+
+
+def network_weights(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The network's own state_dict in `checkpoint`, whatever wrote it: a Lightning checkpoint of this project
+    (`net.` prefix), a plain `torch.save(net.state_dict())` (the seed's code), a `{"state_dict": …, "epoch": …}`
+    dict of a plain training loop, or any of these from `nn.DataParallel`/`torch.compile` (`module.`, `_orig_mod.`)."""
+    weights = checkpoint
+    if isinstance(weights, dict):
+        weights = next(
+            (weights[k] for k in ("state_dict", "model", "net") if isinstance(weights.get(k), dict)), weights
+        )
+    if not isinstance(weights, dict) or not _all_tensors(weights):
+        raise CheckpointError(f"checkpoint {path} holds no network weights (a dict of tensors) that could be read")
+    for prefix in ("net.", "module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in weights):
+            weights = {k[len(prefix) :]: v for k, v in weights.items()}
+    return weights
+
+
+def load_network_weights(net: nn.Module, path: Path) -> None:
+    """Load the network weights of the checkpoint at `path` (see `network_weights`) into `net`, every tensor
+    matched by name and shape; CheckpointError listing the differences otherwise."""
+    weights = network_weights(read_checkpoint_file(path), path)
+    _raise_on_mismatch(net.state_dict(), weights, path)
+    net.load_state_dict(weights, strict=True)
 
 
 def newest_valid_checkpoint(folder: Path) -> Path:
@@ -119,8 +163,10 @@ def newest_valid_checkpoint(folder: Path) -> Path:
 
 def check_compatible(model: nn.Module, checkpoint: dict[str, Any], path: Path) -> None:
     """CheckpointError listing the missing, unexpected and reshaped tensors if `checkpoint` is not `model`'s."""
-    expected = model.state_dict()
-    saved = checkpoint["state_dict"]
+    _raise_on_mismatch(model.state_dict(), checkpoint["state_dict"], path)
+
+
+def _raise_on_mismatch(expected: dict[str, Any], saved: dict[str, Any], path: Path) -> None:
     missing = [k for k in expected if k not in saved]
     unexpected = [k for k in saved if k not in expected]
     reshaped = [
@@ -137,5 +183,6 @@ def check_compatible(model: nn.Module, checkpoint: dict[str, Any], path: Path) -
             parts.append(f"{title}: {shown}")
     raise CheckpointError(
         f"checkpoint {path} is for a different network than the configured model ({'; '.join(parts)}); "
-        "use the model config the checkpoint was trained with (eval.py reads it from the run's .hydra/config.yaml)"
+        "use the model config the checkpoint was trained with (eval.py reads it from the run's .hydra/config.yaml; "
+        "model.net.* overrides set it for a checkpoint outside a run)"
     )

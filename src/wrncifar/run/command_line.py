@@ -31,7 +31,7 @@ def null_group_overrides(args: list[str]) -> list[str]:
 
 # Keys whose values are paths (with `paths.*`). Hydra's override grammar gives spaces around words, commas (a
 # sweep), brackets, braces, parentheses, `=`, quotes and non-ASCII letters meanings of their own, or refuses them.
-PATH_KEYS = ("ckpt_path", "resume", "data.data_dir", "eval.report_dir", "hydra.run.dir", "hydra.sweep.dir")
+PATH_KEYS = ("ckpt_path", "init_from", "resume", "data.data_dir", "eval.report_dir", "hydra.run.dir", "hydra.sweep.dir")
 
 
 def quote_path(arg: str) -> str:

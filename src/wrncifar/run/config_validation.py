@@ -37,6 +37,7 @@ TOP_LEVEL: dict[str, Any] = {
     "train": bool,
     "test": bool,
     "ckpt_path": str | None,
+    "init_from": str | None,
     "seed": int | None,
     "optimized_metric": str | None,
     "matmul_precision": Literal["highest", "high", "medium"] | None,

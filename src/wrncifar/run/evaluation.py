@@ -16,7 +16,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from wrncifar.analysis.evaluation_report import build_report, write_report
 from wrncifar.analysis.predictions import TTA, predict
 from wrncifar.analysis.report_plots import save_report_plots
-from wrncifar.run.checkpoints import check_compatible, load_checkpoint
+from wrncifar.run.checkpoints import (
+    check_compatible,
+    is_lightning_checkpoint,
+    load_network_weights,
+    read_checkpoint_file,
+)
 from wrncifar.run.config_validation import ConfigError, check_num_classes, validate_config
 from wrncifar.run.fit_and_test import instantiate_group, metrics_as_floats
 
@@ -68,8 +73,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"the evaluation report runs in one process, but the trainer has {trainer.world_size}: "
             "evaluate on one device (trainer.devices=1) or turn the report off (eval.report=false)"
         )
-    check_compatible(model, load_checkpoint(ckpt_path), ckpt_path)
-    trainer.test(model, datamodule=datamodule, ckpt_path=str(ckpt_path), weights_only=True)
+    checkpoint = read_checkpoint_file(ckpt_path)
+    if is_lightning_checkpoint(checkpoint):
+        check_compatible(model, checkpoint, ckpt_path)
+        trainer.test(model, datamodule=datamodule, ckpt_path=str(ckpt_path), weights_only=True)
+    else:  # plain network weights: the seed's own code, a plain PyTorch loop
+        load_network_weights(model.net, ckpt_path)
+        log.info("%s holds plain network weights: testing them in the configured model", ckpt_path)
+        trainer.test(model, datamodule=datamodule)
 
     metrics = metrics_as_floats(trainer.callback_metrics)
     out = Path(cfg.paths.output_dir) / "test_metrics.json"

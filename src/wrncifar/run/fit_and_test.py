@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
-from wrncifar.run.checkpoints import check_compatible, load_checkpoint
+from wrncifar.run.checkpoints import check_compatible, load_checkpoint, load_network_weights
 from wrncifar.run.config_validation import ConfigError, check_num_classes, validate_config
 from wrncifar.run.distributed import check_launch
 from wrncifar.run.loggers import CSVLogger
@@ -42,6 +43,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: LightningDataModule = instantiate(cfg.data)
     model: LightningModule = instantiate(cfg.model)
     check_num_classes(model, datamodule)
+    if cfg.get("init_from"):
+        if resume_from is not None:
+            raise ConfigError(
+                "init_from starts a new run from a checkpoint's network weights, resume/ckpt_path continue a run: "
+                "give one of them"
+            )
+        load_network_weights(model.net, Path(str(cfg.init_from)))
+        log.info("Starting from the network weights of %s (new optimizer and schedule)", cfg.init_from)
     # The step training continues from: loggers drop what an earlier process of this run logged after it.
     continue_at = None
     if resume_from is not None:

@@ -16,7 +16,7 @@ from wrncifar.run.folder_lock import check_folder_free
 log = logging.getLogger(__name__)
 
 # Overrides of the first command that the resumed command sets itself.
-OWN_KEYS = ("resume", "ckpt_path", "hydra.run.dir")
+OWN_KEYS = ("resume", "ckpt_path", "init_from", "hydra.run.dir")
 # Overrides that made the first command a sweep: a job of a sweep resumes as a single run in its own folder, and
 # the sweep (an Optuna study above all) is left as it is.
 SWEEP_KEYS = ("hparams_search", "hydra/sweeper", "hydra.sweeper", "hydra/launcher", "hydra.launcher", "hydra.mode")
