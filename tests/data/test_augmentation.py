@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 
 from wrncifar.data.device_batches import DeviceBatches
 from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
-from wrncifar.data.transforms import CIFAR100_MEAN, CIFAR100_STD, eval_transform, train_transform
+from wrncifar.data.transforms import CIFAR100_MEAN, CIFAR100_STD, Cutout, eval_transform, train_transform
 from wrncifar.run.config_validation import ConfigError, validate_config
 
 CUTOUT = 16
@@ -53,7 +53,7 @@ def assert_uniform_corners(corners: torch.Tensor) -> None:
 
 def test_cpu_cutout_erases_one_16px_square_to_the_mean_placed_uniformly_inside_the_image() -> None:
     torch.manual_seed(0)
-    transform = train_transform(crop_padding=0, flip=False, cutout=CUTOUT)
+    transform = train_transform(crop_padding=0, flip=False, cutout=CUTOUT, cutout_placement="inside")
     images = torch.stack([transform(image) for image in white_images(SAMPLES)])
     assert_uniform_corners(cutout_corners(images))
     # Outside the square the image is the plain normalised one.
@@ -65,13 +65,63 @@ def test_device_cutout_has_the_cpu_distribution() -> None:
     n = 2048
     batches = DeviceBatches(
         white_images(n), torch.arange(n), 1024, CIFAR100_MEAN, CIFAR100_STD, train=True, crop_padding=0,
-        flip=False, cutout=CUTOUT, seed=1,
+        flip=False, cutout=CUTOUT, seed=1, cutout_placement="inside",
     )  # fmt: skip
+    assert_uniform_corners(cutout_corners(device_images(batches, SAMPLES)))
+
+
+def device_images(batches: DeviceBatches, count: int) -> torch.Tensor:
     images = []
-    for number in range(SAMPLES // n):
+    for number in range(count // len(batches.labels)):
         batches.sampler.set_epoch(number)
         images += [batch for batch, _ in batches]
-    assert_uniform_corners(cutout_corners(torch.cat(images)))
+    return torch.cat(images)
+
+
+# The Cutout paper's placement: the square's centre uniform over the 32 rows (and columns), the square spanning
+# centre - 8 … centre + 7 clipped to the image. The side kept along one axis, for each centre:
+CENTRE_SIDES = torch.tensor([min(c + CUTOUT // 2, 32) - max(c - CUTOUT // 2, 0) for c in range(32)])
+
+
+def erased_sides(images: torch.Tensor) -> torch.Tensor:
+    """(rows, columns) each image lost, after checking the erased pixels form one rectangle in every channel."""
+    erased = (images == 0).all(dim=1)
+    assert torch.equal((images == 0).any(dim=1), erased), "Cutout erases all channels alike"
+    rows, cols = erased.any(dim=2), erased.any(dim=1)
+    assert torch.equal(erased, rows[:, :, None] & cols[:, None, :]), "the erased pixels form a rectangle"
+    return torch.stack([rows.sum(dim=1), cols.sum(dim=1)], dim=1)
+
+
+def assert_published_cutout_distribution(sides: torch.Tensor) -> None:
+    """Each axis's side follows CENTRE_SIDES' distribution (chi-square); the mean erased share is E[side]² / 1024
+    = 14² / 1024 = 19.1%, the whole square is kept in (17 / 32)² = 28.2% of images."""
+    n = len(sides)
+    for axis in range(2):
+        observed = torch.bincount(sides[:, axis], minlength=CUTOUT + 1).double()
+        expected = torch.bincount(CENTRE_SIDES, minlength=CUTOUT + 1).double() * n / 32
+        cells = expected > 0
+        assert observed[~cells].sum() == 0, "no side the closed form excludes"
+        chi2 = ((observed[cells] - expected[cells]) ** 2 / expected[cells]).sum().item()
+        assert chi2 < chi2_quantile_999(int(cells.sum()) - 1), f"side distribution off: chi-square {chi2:.1f}"
+    share = (sides[:, 0] * sides[:, 1]).double() / 1024
+    assert abs(share.mean().item() - 196 / 1024) < 4 * share.std().item() / n**0.5
+    whole = (share == CUTOUT * CUTOUT / 1024).double().mean().item()
+    assert abs(whole - (17 / 32) ** 2) < 4 * ((17 / 32) ** 2 * (1 - (17 / 32) ** 2) / n) ** 0.5
+
+
+def test_cpu_cutout_follows_the_published_placement_by_default() -> None:
+    torch.manual_seed(0)
+    transform = train_transform(crop_padding=0, flip=False, cutout=CUTOUT)
+    assert_published_cutout_distribution(erased_sides(torch.stack([transform(i) for i in white_images(SAMPLES)])))
+
+
+def test_device_cutout_follows_the_published_placement_like_the_cpu_path() -> None:
+    n = 2048
+    batches = DeviceBatches(
+        white_images(n), torch.arange(n), 1024, CIFAR100_MEAN, CIFAR100_STD, train=True, crop_padding=0,
+        flip=False, cutout=CUTOUT, seed=1,
+    )  # fmt: skip
+    assert_published_cutout_distribution(erased_sides(device_images(batches, SAMPLES)))
 
 
 def device_epoch(cutout: int, seed: int = 3, epoch: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -87,7 +137,7 @@ def test_device_cutout_keeps_the_order_crops_and_flips_of_the_seed() -> None:
     for (with_cut, labels), (without, plain_labels) in zip(device_epoch(CUTOUT), device_epoch(0), strict=True):
         assert torch.equal(labels, plain_labels)
         erased = (with_cut == 0).all(dim=1, keepdim=True).expand_as(with_cut)
-        assert (erased.sum(dim=(1, 2, 3)) >= 3 * CUTOUT * CUTOUT).all()
+        assert (erased.sum(dim=(1, 2, 3)) >= 3 * (CUTOUT // 2) ** 2).all()  # at least a clipped square
         assert torch.equal(with_cut[~erased], without[~erased])
 
 
@@ -119,12 +169,12 @@ def test_evaluation_batches_get_no_cutout() -> None:
 @pytest.mark.parametrize(
     ("policy", "kind"), [("trivialaugment", v2.TrivialAugmentWide), ("autoaugment", v2.AutoAugment)]
 )
-def test_policies_run_on_uint8_after_crop_and_flip_and_before_normalisation(policy: str, kind: type) -> None:
+def test_policies_run_on_uint8_before_crop_and_flip_as_in_the_reference_code(policy: str, kind: type) -> None:
     transform = train_transform(policy=policy, cutout=CUTOUT)
     steps = [type(t) for t in transform.transforms]
-    assert steps == [v2.RandomCrop, v2.RandomHorizontalFlip, kind, v2.Compose, v2.RandomErasing]
+    assert steps == [kind, v2.RandomCrop, v2.RandomHorizontalFlip, v2.Compose, Cutout]
     if policy == "autoaugment":
-        assert transform.transforms[2].policy == v2.AutoAugmentPolicy.CIFAR10
+        assert transform.transforms[0].policy == v2.AutoAugmentPolicy.CIFAR10
 
     torch.manual_seed(0)
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
@@ -149,6 +199,8 @@ def test_no_policy_and_no_cutout_keep_the_crop_and_flip_pipeline() -> None:
         ({"cutout": 32}, "cutout is the side of the erased square in pixels, 0 to 31"),
         ({"cutout": -1}, "cutout is the side"),
         ({"policy": "trivialaugment", "on_device": True}, "set data.on_device=false to use it"),
+        ({"crop_padding_mode": "edge"}, "crop_padding_mode must be one of zeros, reflect"),
+        ({"cutout_placement": "corner"}, "cutout_placement must be one of centre, inside"),
     ],
 )
 def test_datamodule_refuses_impossible_augmentation(kwargs: dict, message: str) -> None:
@@ -157,9 +209,12 @@ def test_datamodule_refuses_impossible_augmentation(kwargs: dict, message: str) 
 
 
 def test_datamodule_builds_the_configured_training_transform() -> None:
-    dm = SyntheticCIFAR100DataModule(num_classes=2, train_per_class=2, val_per_class=1, policy="autoaugment", cutout=8)
-    assert isinstance(dm.train_tf.transforms[2], v2.AutoAugment)
-    assert dm.train_tf.transforms[-1].scale == (8 * 8 / 1024,) * 2
+    dm = SyntheticCIFAR100DataModule(
+        num_classes=2, train_per_class=2, val_per_class=1, policy="autoaugment", cutout=8, crop_padding_mode="zeros"
+    )
+    assert isinstance(dm.train_tf.transforms[0], v2.AutoAugment)
+    assert dm.train_tf.transforms[1].padding_mode == "constant"
+    assert (dm.train_tf.transforms[-1].size, dm.train_tf.transforms[-1].placement) == (8, "centre")
 
 
 def test_a_misspelt_policy_is_named_by_the_config_check(make_config) -> None:

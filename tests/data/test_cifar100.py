@@ -74,11 +74,12 @@ def test_evaluation_images_are_normalised_with_the_cifar100_statistics(cifar_fol
     torch.testing.assert_close(dm.test_set[0][0], dm.test_set[0][0])  # no randomness at evaluation
 
 
-def test_training_images_are_padded_crops_and_flips_of_the_original(cifar_folder) -> None:
+@pytest.mark.parametrize(("mode", "numpy_mode"), [("reflect", "reflect"), ("zeros", "constant")])
+def test_training_images_are_padded_crops_and_flips_of_the_original(cifar_folder, mode: str, numpy_mode: str) -> None:
     data_dir, _ = cifar_folder
-    dm = datamodule(data_dir)
+    dm = datamodule(data_dir, crop_padding_mode=mode)
     raw = dm.train_set.images[0].numpy().transpose(1, 2, 0)
-    padded = np.pad(raw, ((4, 4), (4, 4), (0, 0)))
+    padded = np.pad(raw, ((4, 4), (4, 4), (0, 0)), mode=numpy_mode)
     candidates = {
         bytes(np.ascontiguousarray(view[dy : dy + 32, dx : dx + 32]))
         for view in (padded, padded[:, ::-1])

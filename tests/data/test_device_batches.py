@@ -70,9 +70,11 @@ def unnormalise(images: torch.Tensor) -> torch.Tensor:
     return (images * STD + MEAN).mul(255).round().to(torch.uint8)
 
 
-def all_crops(image: torch.Tensor) -> torch.Tensor:
-    """flip × dy × dx × C × 32 × 32: every crop of the zero-padded image, plain and mirrored."""
-    padded = torch.nn.functional.pad(image, (PADDING,) * 4)
+def all_crops(image: torch.Tensor, mode: str) -> torch.Tensor:
+    """flip × dy × dx × C × 32 × 32: every crop of the padded image (`zeros`, or `reflect` as torch pads it),
+    plain and mirrored."""
+    padded = torch.nn.functional.pad(image.float()[None], (PADDING,) * 4, mode="constant" if mode == "zeros" else mode)
+    padded = padded[0].to(torch.uint8)
     crops = torch.stack(
         [torch.stack([padded[:, dy : dy + 32, dx : dx + 32] for dx in range(POSITIONS)]) for dy in range(POSITIONS)]
     )
@@ -90,11 +92,11 @@ def decode_crops(crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     return dy, dx, flipped
 
 
-def assert_uniform_crops_and_flips(crops: torch.Tensor) -> None:
+def assert_uniform_crops_and_flips(crops: torch.Tensor, mode: str) -> None:
     dy, dx, flipped = decode_crops(crops)
     assert dy.min() >= 0 and dy.max() < POSITIONS and dx.min() >= 0 and dx.max() < POSITIONS
-    # Each image is exactly the decoded crop (and mirror) of the zero-padded image: nothing else was done to it.
-    assert torch.equal(crops, all_crops(coordinate_image())[flipped.long(), dy, dx])
+    # Each image is exactly the decoded crop (and mirror) of the padded image: nothing else was done to it.
+    assert torch.equal(crops, all_crops(coordinate_image(), mode)[flipped.long(), dy, dx])
 
     n = len(crops)
     counts = torch.bincount(dy * POSITIONS + dx, minlength=POSITIONS**2).double()
@@ -105,23 +107,26 @@ def assert_uniform_crops_and_flips(crops: torch.Tensor) -> None:
     assert abs(flip_rate - 0.5) < 4 * (0.25 / n) ** 0.5, f"flip rate {flip_rate:.4f}"
 
 
-def test_cpu_transform_gives_uniform_crop_offsets_and_fair_flips() -> None:
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_cpu_transform_gives_uniform_crop_offsets_and_fair_flips(mode: str) -> None:
     # The reference the device path must match: torchvision's RandomCrop(padding=4) and RandomHorizontalFlip.
     torch.manual_seed(0)
-    transform, image = train_transform(PADDING, True), coordinate_image()
+    transform, image = train_transform(PADDING, True, crop_padding_mode=mode), coordinate_image()
     crops = unnormalise(torch.stack([transform(image) for _ in range(AUGMENTED_SAMPLES)]))
-    assert_uniform_crops_and_flips(crops)
+    assert_uniform_crops_and_flips(crops, mode)
 
 
-def test_device_batches_give_uniform_crop_offsets_and_fair_flips_like_the_cpu_transform() -> None:
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_device_batches_give_uniform_crop_offsets_and_fair_flips_like_the_cpu_transform(mode: str) -> None:
     n, epochs = 2048, AUGMENTED_SAMPLES // 2048
     images = coordinate_image().expand(n, 3, 32, 32).contiguous()
     batches = DeviceBatches(
-        images, torch.arange(n), 512, CIFAR100_MEAN, CIFAR100_STD, train=True, crop_padding=PADDING, flip=True
-    )
+        images, torch.arange(n), 512, CIFAR100_MEAN, CIFAR100_STD, train=True, crop_padding=PADDING, flip=True,
+        crop_padding_mode=mode,
+    )  # fmt: skip
     crops = unnormalise(torch.cat([images for e in range(epochs) for images, _ in epoch(batches, e)]))
     assert len(crops) == AUGMENTED_SAMPLES
-    assert_uniform_crops_and_flips(crops)
+    assert_uniform_crops_and_flips(crops, mode)
 
 
 def test_training_without_crop_or_flip_serves_the_images_unchanged() -> None:

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from torch import nn
 
 from tests.seed_wideresnet import WideResNet as SeedWideResNet
 from wrncifar.models.wideresnet import PreActBlock, PreActWideResNet, WideResNet
@@ -122,3 +125,31 @@ def test_preact_variant_takes_the_seed_classes_options(pooling: str) -> None:
     assert all(len(stage) == 3 for stage in model.stages) and model.stages[0][0].dropout.p == 0.3
     with pytest.raises(ValueError, match="widths must list 4 channel counts"):
         PreActWideResNet(widths=[8, 16])
+
+
+@pytest.mark.parametrize("network", [WideResNet, PreActWideResNet])
+def test_wrn_init_draws_each_convolution_from_he_normal_fan_out_and_zeroes_the_biases(network) -> None:
+    torch.manual_seed(0)
+    net = network(num_classes=100, init="wrn")  # the seed's widths: enough weights per layer to measure
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            expected = math.sqrt(2 / (module.out_channels * kh * kw))
+            n = module.weight.numel()
+            # The sample std of n normal draws is within a few 1/sqrt(2n) of the true one.
+            assert abs(module.weight.std().item() / expected - 1) < 5 / math.sqrt(2 * n), name
+            assert abs(module.weight.mean().item()) < 5 * expected / math.sqrt(n), name
+        if isinstance(module, nn.Conv2d | nn.Linear) and module.bias is not None:
+            assert not module.bias.any(), f"{name}: bias not zero"
+        if isinstance(module, nn.BatchNorm2d):
+            assert (module.weight == 1).all() and not module.bias.any(), name
+
+
+def test_the_default_init_is_pytorchs_with_a_245x_smaller_3x3_std_than_the_wrn_init() -> None:
+    torch.manual_seed(0)
+    default, wrn = WideResNet(num_classes=100), WideResNet(num_classes=100, init="wrn")
+    conv = "block4.layer2.cbr.0.weight"  # 320 → 320 channels, 3×3
+    ratio = wrn.state_dict()[conv].std() / default.state_dict()[conv].std()
+    assert ratio.item() == pytest.approx(math.sqrt(6), rel=0.01)  # sqrt(2 / 9c) against 1 / sqrt(3 · 9c)
+    with pytest.raises(ValueError, match="init must be 'pytorch' or 'wrn'"):
+        WideResNet(init="xavier")

@@ -18,8 +18,12 @@ from wrncifar.data.device_batches import DeviceBatches, check_fits_on_device
 from wrncifar.data.transforms import (
     CIFAR100_MEAN,
     CIFAR100_STD,
+    CUTOUT_PLACEMENTS,
     IMAGE_SIZE,
+    PADDING_MODES,
     POLICIES,
+    CutoutPlacement,
+    PaddingMode,
     Policy,
     eval_transform,
     train_transform,
@@ -80,11 +84,15 @@ class CIFAR100DataModule(LightningDataModule):
         val_per_class: training images of each class held out for validation (50 → 45,000 / 5,000).
         split_seed: seed of the validation split; the same seed gives the same split on every run.
         download: download through torchvision when no copy is found.
-        crop_padding: zero padding before the random 32×32 training crop (0 disables the crop).
+        crop_padding: padding before the random 32×32 training crop (0 disables the crop).
+        crop_padding_mode: what the padding is: `reflect` (the image mirrored at its edge, as in the WRN paper's
+            code) or `zeros` (torchvision's default, as in the Cutout and AutoAugment papers' code).
         flip: random horizontal flips in training.
-        policy: augmentation policy after crop and flip: `none`, `trivialaugment` (TrivialAugmentWide) or
-            `autoaugment` (AutoAugment's CIFAR policy); CPU path only.
+        policy: augmentation policy on the uint8 image, before crop and flip (the reference code's order): `none`,
+            `trivialaugment` (TrivialAugmentWide) or `autoaugment` (AutoAugment's CIFAR policy); CPU path only.
         cutout: side of the Cutout square erased from each training image (0: none; the usual value is 16).
+        cutout_placement: `centre` (the Cutout paper's code: centre uniform over the image, square clipped at the
+            border) or `inside` (placed uniformly where it fits whole).
         drop_last: drop the last incomplete training batch of each epoch (one batch shape suits torch.compile).
         on_device: keep the uint8 images on the training device and batch, augment and normalise them there
             (`DeviceBatches`); no loader workers. The fast path on a GPU; on CPU it batches without workers.
@@ -109,6 +117,8 @@ class CIFAR100DataModule(LightningDataModule):
         cutout: int = 0,
         drop_last: bool = False,
         on_device: bool = False,
+        crop_padding_mode: PaddingMode = "reflect",
+        cutout_placement: CutoutPlacement = "centre",
     ) -> None:
         super().__init__()
         for name, value in [("batch_size", batch_size), ("val_per_class", val_per_class)]:
@@ -121,6 +131,14 @@ class CIFAR100DataModule(LightningDataModule):
             raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        if crop_padding_mode not in PADDING_MODES:
+            raise ValueError(f"crop_padding_mode must be one of {', '.join(PADDING_MODES)}, got {crop_padding_mode!r}")
+        if crop_padding_mode == "reflect" and crop_padding >= IMAGE_SIZE:
+            raise ValueError(f"crop_padding_mode=reflect mirrors the image: crop_padding must be < {IMAGE_SIZE}")
+        if cutout_placement not in CUTOUT_PLACEMENTS:
+            raise ValueError(
+                f"cutout_placement must be one of {', '.join(CUTOUT_PLACEMENTS)}, got {cutout_placement!r}"
+            )
         if not 0 <= cutout < IMAGE_SIZE:
             raise ValueError(f"cutout is the side of the erased square in pixels, 0 to {IMAGE_SIZE - 1}; got {cutout}")
         if on_device and policy != "none":
@@ -141,9 +159,18 @@ class CIFAR100DataModule(LightningDataModule):
         self.flip = flip
         self.policy = policy
         self.cutout = cutout
+        self.crop_padding_mode = crop_padding_mode
+        self.cutout_placement = cutout_placement
         self.drop_last = drop_last
         self.on_device = on_device
-        self.train_tf = train_transform(crop_padding, flip, policy=policy, cutout=cutout)
+        self.train_tf = train_transform(
+            crop_padding,
+            flip,
+            policy=policy,
+            cutout=cutout,
+            crop_padding_mode=crop_padding_mode,
+            cutout_placement=cutout_placement,
+        )
         self.eval_tf = eval_transform()
         self.classes: tuple[str, ...] = ()
         # CIFAR-100's 20 coarse classes and the one each fine class belongs to; empty for data without them.
@@ -238,6 +265,8 @@ class CIFAR100DataModule(LightningDataModule):
             flip=self.flip,
             cutout=self.cutout,
             seed=seed,
+            crop_padding_mode=self.crop_padding_mode,
+            cutout_placement=self.cutout_placement,
             drop_last=self.drop_last and train,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,

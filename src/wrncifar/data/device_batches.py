@@ -4,8 +4,8 @@ A GPU trains the seed WideResNet faster than CPU workers can crop, flip and norm
 `data.on_device=true` the uint8 images (150 MiB for all of CIFAR-100) sit in device memory and each batch is
 gathered, cropped, flipped and normalised by a few tensor operations on the device. The augmentation has the
 distribution of the CPU path (`transforms.train_transform`): crop offsets uniform over the (2p+1)² positions of
-the zero-padded image, flips with probability 1/2, and the optional Cutout square placed uniformly where it fits
-inside the image (`transforms.cutout_transform`).
+the padded image (zeros or the mirrored image), flips with probability 1/2, and the optional Cutout square placed
+as the CPU path's `Cutout` places it.
 
 The order and augmentation of an epoch are drawn at its start from a generator seeded by (seed, epoch), so
 an epoch is a pure function of both; with the number of batches already served this is the loader's whole
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.nn import functional
 
-from wrncifar.data.transforms import IMAGE_SIZE
+from wrncifar.data.transforms import CutoutPlacement, PaddingMode, cutout_corner
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -29,7 +29,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 @dataclass(frozen=True)
 class EpochDraw:
     """One epoch's sample order and per-sample augmentation: crop offsets in [0, 2p], flips, and the top-left
-    corners of the Cutout squares (zeros without Cutout)."""
+    corners of the Cutout squares (zeros without Cutout; outside the image where a square is clipped)."""
 
     order: torch.Tensor
     dy: torch.Tensor
@@ -45,12 +45,21 @@ class EpochSampler:
     Named and shaped like a sampler so that Lightning's `set_epoch` call reaches it at every epoch start.
     """
 
-    def __init__(self, seed: int, shuffle: bool, crop_padding: int, flip: bool, cutout: int = 0) -> None:
+    def __init__(
+        self,
+        seed: int,
+        shuffle: bool,
+        crop_padding: int,
+        flip: bool,
+        cutout: int = 0,
+        cutout_placement: CutoutPlacement = "centre",
+    ) -> None:
         self.seed = seed
         self.shuffle = shuffle
         self.crop_padding = crop_padding
         self.flip = flip
         self.cutout = cutout
+        self.cutout_placement = cutout_placement
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -69,27 +78,43 @@ class EpochSampler:
             flip = torch.zeros(n, dtype=torch.bool, device=device)
         # Drawn last, so that Cutout leaves the order, crops and flips of a seed as they are without it.
         if self.cutout:
-            corners = IMAGE_SIZE - self.cutout + 1
-            cutout_y = torch.randint(corners, (n,), generator=gen, device=device)
-            cutout_x = torch.randint(corners, (n,), generator=gen, device=device)
+            cutout_y = cutout_corner(self.cutout, self.cutout_placement, (n,), gen)
+            cutout_x = cutout_corner(self.cutout, self.cutout_placement, (n,), gen)
         else:
             cutout_y = cutout_x = torch.zeros(n, dtype=torch.long, device=device)
         return EpochDraw(order, dy, dx, flip, cutout_y, cutout_x)
 
 
 def crop_and_flip(
-    images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor
+    images: torch.Tensor,
+    padding: int,
+    dy: torch.Tensor,
+    dx: torch.Tensor,
+    flip: torch.Tensor,
+    mode: PaddingMode = "reflect",
 ) -> torch.Tensor:
-    """Per-sample crops at offsets (dy, dx) of the zero-padded batch, mirrored where `flip`; one gather."""
+    """Per-sample crops at offsets (dy, dx) of the batch padded by `padding` (`mode`), mirrored where `flip`; one
+    gather. A reflected border is read from the image itself at mirrored indices, without padding a copy."""
     n, c, h, w = images.shape
-    padded = functional.pad(images, (padding, padding, padding, padding))
     device = images.device
-    rows = dy[:, None] + torch.arange(h, device=device)  # n × h
+    rows = dy[:, None] + torch.arange(h, device=device)  # n × h, in padded coordinates
     cols = dx[:, None] + torch.arange(w, device=device)  # n × w
+    if mode == "reflect":
+        source = images
+        rows, cols = _reflect(rows - padding, h), _reflect(cols - padding, w)
+    else:
+        source = functional.pad(images, (padding, padding, padding, padding))
     cols = torch.where(flip[:, None], cols.flip(1), cols)  # a mirrored crop reads its columns right to left
     batch_idx = torch.arange(n, device=device)[:, None, None, None]
     chan_idx = torch.arange(c, device=device)[None, :, None, None]
-    return padded[batch_idx, chan_idx, rows[:, None, :, None], cols[:, None, None, :]]
+    return source[batch_idx, chan_idx, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Indices of `size` mirrored at both edges without repeating them (-1 → 1, size → size - 2), as
+    `torch.nn.functional.pad(mode="reflect")` and torchvision's `padding_mode="reflect"` read them."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
 def cutout(images: torch.Tensor, size: int, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
@@ -110,8 +135,9 @@ class DeviceBatches:
         labels: int64 labels, N, on the same device.
         batch_size: images per batch.
         mean, std: per-channel normalisation on the 0–1 scale.
-        train: shuffle and augment (crop from `crop_padding` zero padding, flips) each epoch.
-        crop_padding, flip, cutout: the augmentation when `train` (`cutout`: side of the Cutout square, 0: none).
+        train: shuffle and augment (crops of the padded image, flips, Cutout) each epoch.
+        crop_padding, crop_padding_mode, flip, cutout, cutout_placement: the augmentation when `train`, as in
+            `transforms.train_transform` (`cutout`: side of the Cutout square, 0: none).
         seed: seed of the epochs' order and augmentation.
         drop_last: drop the last incomplete batch.
         rank, world_size: under DDP each process takes every world_size-th sample of the epoch's order
@@ -132,6 +158,8 @@ class DeviceBatches:
         flip: bool = True,
         cutout: int = 0,
         seed: int = 0,
+        crop_padding_mode: PaddingMode = "reflect",
+        cutout_placement: CutoutPlacement = "centre",
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
@@ -153,7 +181,9 @@ class DeviceBatches:
             crop_padding=crop_padding if train else 0,
             flip=flip and train,
             cutout=cutout if train else 0,
+            cutout_placement=cutout_placement,
         )
+        self.crop_padding_mode = crop_padding_mode
         # x / 255 → (x - mean) / std as one multiply-add: x · scale + shift.
         std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
         mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
@@ -186,7 +216,9 @@ class DeviceBatches:
             index = order[take]
             images = self.images[index]
             if self.train and (self.sampler.crop_padding or self.sampler.flip):
-                images = crop_and_flip(images, self.sampler.crop_padding, dy[take], dx[take], flip[take])
+                images = crop_and_flip(
+                    images, self.sampler.crop_padding, dy[take], dx[take], flip[take], self.crop_padding_mode
+                )
             # Counted before the yield: a checkpoint taken while this batch trains resumes after it.
             self.position = step + 1
             images = images.float().mul_(self.scale).add_(self.shift)

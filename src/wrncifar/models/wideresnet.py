@@ -19,6 +19,10 @@ import torch
 from torch import nn
 
 Pooling = Literal["adaptive", "seed"]
+# `pytorch`: each layer's own default (the seed's code keeps it). `wrn`: the WRN authors' (their Torch code's MSRinit
+# and FCinit): convolutions from a normal of std sqrt(2 / (k·k·out_channels)) (He et al. 2015, fan-out), 2.45× the
+# default's std for a 3×3 convolution with as many inputs as outputs, and zero biases.
+Init = Literal["pytorch", "wrn"]
 
 # Seed channels: 3 → 16 (stem) → 160 → 320 → 640, i.e. WRN-16-10's widths with the seed's stem.
 SEED_WIDTHS = (16, 160, 320, 640)
@@ -70,15 +74,20 @@ class _StagedNetwork(nn.Module):
         blocks_per_stage: int = 2,
         dropout: float = 0.01,
         pooling: Pooling = "adaptive",
+        init: Init = "pytorch",
     ) -> None:
         super().__init__()
         widths = tuple(widths)
         _check_arguments(num_classes, in_channels, widths, blocks_per_stage, dropout, pooling)
+        if init not in ("pytorch", "wrn"):
+            raise ValueError(f"init must be 'pytorch' or 'wrn', got {init!r}")
         self.num_classes = num_classes
         self._build(in_channels, widths, blocks_per_stage, dropout)
         self.pool = nn.AvgPool2d(7) if pooling == "seed" else nn.AdaptiveAvgPool2d(1)
         self.flat = nn.Flatten()
         self.fc = nn.Linear(widths[-1], num_classes)
+        if init == "wrn":
+            wrn_init(self)
 
     def _build(self, in_channels: int, widths: tuple[int, ...], blocks_per_stage: int, dropout: float) -> None:
         raise NotImplementedError
@@ -96,6 +105,8 @@ class WideResNet(_StagedNetwork):
         pooling: `adaptive` averages the whole final feature map, whatever the input size. `seed` is the seed's
             `AvgPool2d(7)`: on 32×32 inputs the final map is 8×8 and it averages only the top-left 7×7 of it
             (the last row and column are dropped); it needs a final map of at least 7×7 (inputs ≥ 28×28).
+        init: `pytorch` keeps each layer's default initialisation (as the seed's code does); `wrn` is the WRN
+            authors' (see `Init`).
     """
 
     def _build(self, in_channels: int, widths: tuple[int, ...], blocks_per_stage: int, dropout: float) -> None:
@@ -182,6 +193,15 @@ class PreActWideResNet(_StagedNetwork):
             out = stage(out)
         out = self.final_relu(self.final_bn(out))
         return self.fc(self.flat(self.pool(out)))
+
+
+def wrn_init(net: nn.Module) -> None:
+    """The WRN authors' initialisation (see `Init`); BatchNorm keeps weight 1 and bias 0, as in their code."""
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if isinstance(module, nn.Conv2d | nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def _check_arguments(
