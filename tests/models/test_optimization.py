@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import math
 
 import pytest
@@ -65,26 +66,65 @@ def test_multistep_schedule_drops_by_gamma_at_each_milestone() -> None:
     assert factors == pytest.approx([1, 0.2, 0.2, 0.04, 0.008])
 
 
-def test_scheduler_steps_the_optimizer_lr_and_resumes_its_position_with_the_current_length() -> None:
+def stepped(scheduler, optimizer, steps: int) -> list[float]:
+    lrs = []
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+def saved_and_loaded(state: dict) -> dict:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # what a checkpoint holds: numbers only, loadable with weights_only=True
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_a_cosine_run_trained_for_longer_decays_from_the_lr_it_had_reached() -> None:
     settings = ScheduleSettings(name="cosine")
     optimizer = build_optimizer(tiny_net(), OptimizerSettings(lr=0.1))
     scheduler = build_scheduler(optimizer, settings, total_steps=100, steps_per_epoch=10)
-    for _ in range(50):
-        optimizer.step()
-        scheduler.step()
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)  # half-way down the cosine
+    assert stepped(scheduler, optimizer, 50)[-1] == pytest.approx(0.05)  # half-way down a 10-epoch cosine
 
     longer = build_optimizer(tiny_net(), OptimizerSettings(lr=0.1))
-    resumed = build_scheduler(longer, settings, total_steps=200, steps_per_epoch=10)
-    state = scheduler.state_dict()
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    resumed.load_state_dict(torch.load(buffer, weights_only=True))
-    assert resumed.last_epoch == 50
-    longer.step()
-    resumed.step()
-    assert longer.param_groups[0]["lr"] == pytest.approx(0.1 * lr_factor(51, settings, 200, 10))
+    resumed = build_scheduler(longer, settings, total_steps=200, steps_per_epoch=10)  # trainer.max_epochs=20
+    resumed.load_state_dict(saved_and_loaded(scheduler.state_dict()))
+    assert resumed.last_epoch == 50 and longer.param_groups[0]["lr"] == pytest.approx(0.05)
+    lrs = stepped(resumed, longer, 150)
+    # From 0.05 at epoch 5 down a cosine to 0 at epoch 20: never back up, as the plain 20-epoch curve would (0.085).
+    assert lrs[0] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 0.1 / 15)))
+    assert lrs[74] == pytest.approx(0.025) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+
+    again = build_scheduler(build_optimizer(tiny_net(), OptimizerSettings(lr=0.1)), settings, 200, 10)
+    again.load_state_dict(saved_and_loaded(resumed.state_dict()))  # a second resume keeps the lengthened curve
+    assert again.get_last_lr()[0] == pytest.approx(lrs[-1], abs=1e-12)
+
+
+def test_a_finished_cosine_run_trained_for_longer_stays_at_its_floor_and_says_so(caplog) -> None:
+    settings = ScheduleSettings(name="cosine", min_lr_ratio=0.01)
+    optimizer = build_optimizer(tiny_net(), OptimizerSettings(lr=0.1))
+    scheduler = build_scheduler(optimizer, settings, total_steps=100, steps_per_epoch=10)
+    stepped(scheduler, optimizer, 100)
+    longer = build_optimizer(tiny_net(), OptimizerSettings(lr=0.1))
+    resumed = build_scheduler(longer, settings, total_steps=150, steps_per_epoch=10)
+    with caplog.at_level("WARNING"):
+        resumed.load_state_dict(saved_and_loaded(scheduler.state_dict()))
+    assert stepped(resumed, longer, 50) == pytest.approx([0.001] * 50)
+    assert "it had reached its floor" in caplog.text and "init_from=<checkpoint>" in caplog.text
+
+
+def test_a_multistep_run_trained_for_longer_keeps_its_milestones() -> None:
+    settings = ScheduleSettings(name="multistep", milestones=(6,), gamma=0.1)
+    optimizer = build_optimizer(tiny_net(), OptimizerSettings(lr=0.1))
+    scheduler = build_scheduler(optimizer, settings, total_steps=80, steps_per_epoch=10)
+    stepped(scheduler, optimizer, 80)
+    longer = build_optimizer(tiny_net(), OptimizerSettings(lr=0.1))
+    resumed = build_scheduler(longer, settings, total_steps=120, steps_per_epoch=10)
+    resumed.load_state_dict(saved_and_loaded(scheduler.state_dict()))
+    assert resumed.anchor is None and stepped(resumed, longer, 5) == pytest.approx([0.01] * 5)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -9,6 +10,8 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,11 @@ class EpochSchedule(LRScheduler):
     config. A run resumed with another number of steps per epoch (batch size, `drop_last`, device count) therefore
     keeps the schedule where it was in epochs — a milestone at epoch 60 stays at epoch 60 — and the current config
     gives the length (`total_steps`) and the base lr: only the position is saved (`state_dict` holds numbers
-    only). Resuming with more epochs stretches the curve over the new length from the position reached.
+    only).
+
+    Resumed with another length (`trainer.max_epochs`), a schedule whose curve depends on the length (`cosine`,
+    `onecycle`) continues from the lr it had reached and decays to its floor over the remaining epochs, with its
+    own shape (the `anchor`): the lr never jumps back up. `multistep` and `constant` do not depend on the length.
     """
 
     def __init__(
@@ -119,6 +126,8 @@ class EpochSchedule(LRScheduler):
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
         self.epochs_done = 0.0
+        # (epoch, lr factor) from which a lengthened schedule decays to its floor; None: the plain curve.
+        self.anchor: tuple[float, float] | None = None
         super().__init__(optimizer)
 
     def step(self, epoch: None = None) -> None:
@@ -129,13 +138,33 @@ class EpochSchedule(LRScheduler):
     def get_lr(self) -> list[float]:
         return self._lrs()
 
+    @property
+    def total_epochs(self) -> float:
+        return self.total_steps / self.steps_per_epoch
+
     def _lrs(self) -> list[float]:
-        step = round(self.epochs_done * self.steps_per_epoch)  # in steps of the current config
-        factor = lr_factor(step, self.settings, self.total_steps, self.steps_per_epoch)
+        factor = self._factor(self.total_epochs, self.anchor)
         return [base * factor for base in self.base_lrs]
 
+    def _factor(self, total_epochs: float, anchor: tuple[float, float] | None) -> float:
+        """The lr factor at the current position of a schedule `total_epochs` long, decaying from `anchor` if any."""
+        if anchor is not None and self.epochs_done >= anchor[0]:
+            start, start_factor = anchor
+            progress = min(1.0, (self.epochs_done - start) / max(total_epochs - start, 1e-12))
+            shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.settings.name == "cosine" else 1 - progress
+            floor = self.settings.min_lr_ratio
+            return floor + (start_factor - floor) * shape
+        step = round(self.epochs_done * self.steps_per_epoch)  # in steps of the current config
+        return lr_factor(step, self.settings, round(total_epochs * self.steps_per_epoch), self.steps_per_epoch)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs_done": self.epochs_done, "last_epoch": self.last_epoch, "_step_count": self._step_count}
+        return {
+            "epochs_done": self.epochs_done,
+            "last_epoch": self.last_epoch,
+            "_step_count": self._step_count,
+            "total_epochs": self.total_epochs,
+            "anchor": list(self.anchor) if self.anchor else None,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the position; keep this config's base lrs, and set the optimizer's lr (whose restored state holds
@@ -143,6 +172,31 @@ class EpochSchedule(LRScheduler):
         self.last_epoch = int(state_dict["last_epoch"])
         self._step_count = int(state_dict.get("_step_count", self.last_epoch + 1))
         self.epochs_done = float(state_dict.get("epochs_done", self.last_epoch / self.steps_per_epoch))
+        saved_anchor = state_dict.get("anchor")
+        self.anchor = (float(saved_anchor[0]), float(saved_anchor[1])) if saved_anchor else None
+        saved_total = state_dict.get("total_epochs")
+        lengthened = saved_total is not None and not math.isclose(float(saved_total), self.total_epochs)
+        if (
+            lengthened
+            and self.settings.name in ("cosine", "onecycle")
+            and self.epochs_done >= self.settings.warmup_epochs
+        ):
+            reached = self._factor(float(saved_total), self.anchor)
+            self.anchor = (self.epochs_done, reached)
+            log.warning(
+                "The %s schedule now ends at epoch %g instead of %g: from epoch %.4g it decays from the lr factor it "
+                "had reached, %.4g, to its floor, %g%s",
+                self.settings.name,
+                self.total_epochs,
+                float(saved_total),
+                self.epochs_done,
+                reached,
+                self.settings.min_lr_ratio,
+                "; it had reached its floor, so training longer runs at that lr (a new run with init_from=<checkpoint> "
+                "gets a fresh schedule)"
+                if math.isclose(reached, self.settings.min_lr_ratio)
+                else "",
+            )
         for group, base, lr in zip(self.optimizer.param_groups, self.base_lrs, self._lrs(), strict=True):
             group["initial_lr"], group["lr"] = base, lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
