@@ -19,10 +19,24 @@ def test_fast_recipe_is_one_cycle_with_label_smoothing_bf16_and_on_device_data(m
     assert cfg.model.net._target_.endswith(".WideResNet") and cfg.model.net.widths == [16, 160, 320, 640]
 
 
+def test_paper_recipe_has_the_wrn_papers_padding_init_and_step_schedule(make_config) -> None:
+    cfg = make_config(["experiment=wrn_cifar100"])
+    assert (cfg.data.crop_padding_mode, cfg.model.net.init) == ("reflect", "wrn")
+    assert (cfg.model.scheduler.name, cfg.model.scheduler.milestones, cfg.model.scheduler.gamma) == (
+        "multistep",
+        [60, 120, 160],
+        0.2,
+    )
+    assert (cfg.data.batch_size, cfg.model.optimizer.lr, cfg.model.optimizer.weight_decay) == (128, 0.1, 5e-4)
+    assert make_config([]).model.net.init == "pytorch", "without the recipe the seed's own init"
+
+
 def test_strong_recipe_is_trivialaugment_cutout_label_smoothing_and_ema_for_200_epochs(make_config) -> None:
     cfg = make_config(["experiment=wrn_cifar100_strong"])
     assert cfg.trainer.max_epochs == 200 and cfg.model.scheduler.name == "cosine"
     assert (cfg.data.policy, cfg.data.cutout, cfg.data.on_device) == ("trivialaugment", 16, False)
+    # As the AutoAugment code pads and the Cutout code places its square.
+    assert (cfg.data.crop_padding_mode, cfg.data.cutout_placement) == ("zeros", "centre")
     assert cfg.model.label_smoothing == 0.1
     assert cfg.callbacks.ema._target_ == "wrncifar.callbacks.ema.ExponentialMovingAverage"
     assert {"model_checkpoint", "rng_state", "step_checkpoint"} <= set(cfg.callbacks)  # the defaults stay
