@@ -52,7 +52,7 @@ USER_ERRORS = (
 def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
     """Run `task(cfg)`; exit 1 with the message alone for user errors, log and re-raise anything else.
 
-    In a multirun, a failed job is recorded (see `sweep_summary`) and returns None instead, so that the
+    In a multirun, a failed job is recorded (see `wrncifar.sweeps.summary`) and returns None instead, so that the
     other jobs still run; the sweep exits 1 at its end. A signal stops the whole sweep.
     """
     multirun = in_multirun()

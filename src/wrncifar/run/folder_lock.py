@@ -8,12 +8,15 @@ a crashed or killed run leaves no stale lock behind (a requeued job can take its
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_FILE = ".run.lock"
+
+log = logging.getLogger(__name__)
 
 
 class FolderInUseError(RuntimeError):
@@ -31,6 +34,8 @@ def hold_run_folder(run_dir: str | Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
             raise FolderInUseError(_in_use_message(Path(run_dir), fd)) from err
+        except OSError as err:  # a filesystem without locks (some network mounts): run unguarded, and say so
+            log.warning("Cannot lock %s (%s): another process could use the same folder unnoticed", path, err)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.uname().nodename} {os.getpid()}\n".encode())
         yield
@@ -49,6 +54,8 @@ def check_folder_free(run_dir: Path) -> None:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError as err:
             raise FolderInUseError(_in_use_message(run_dir, fd)) from err
+        except OSError:  # no locks on this filesystem: nothing to tell
+            pass
     finally:
         os.close(fd)
 
