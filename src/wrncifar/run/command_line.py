@@ -15,6 +15,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from wrncifar.run.checkpoints import CheckpointError
+from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.folder_lock import FolderInUseError
 from wrncifar.run.resuming import resume_overrides
 
@@ -62,7 +63,7 @@ def hydra_arguments(args: list[str], resumable: bool) -> list[str]:
     if resumable:
         try:
             args = resume_overrides(args)
-        except (CheckpointError, FolderInUseError) as err:
+        except (CheckpointError, ConfigError, FolderInUseError) as err:
             print(f"Error: {err}", file=sys.stderr)
             raise SystemExit(1) from err
     return null_group_overrides([quote_path(arg) for arg in args])

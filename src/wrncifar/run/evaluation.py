@@ -24,6 +24,7 @@ from wrncifar.run.checkpoints import (
 )
 from wrncifar.run.config_validation import ConfigError, check_num_classes, validate_config
 from wrncifar.run.fit_and_test import instantiate_group, metrics_as_floats
+from wrncifar.run.trusted_targets import check_targets
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +157,17 @@ def adopt_training_run_config(cfg: DictConfig, ckpt_path: Path) -> None:
     `model=…` / `data=…` on this command line keep this config's choice; `data.eval_batch_size=64` and the like
     are applied on top of the run's config.
     """
-    run_cfg = training_run_config(ckpt_path)
-    if run_cfg is None:
+    run_dir = training_run_dir(ckpt_path)
+    if run_dir is None:
         return
+    run_cfg = training_run_config(ckpt_path)
     overrides = OverridesParser.create().parse_overrides(
         list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     )
     for group in RUN_GROUPS:
         if group not in run_cfg or any(o.key_or_group == group for o in overrides):
             continue
+        check_targets(OmegaConf.to_container(run_cfg[group]), group, run_dir / ".hydra" / "config.yaml")
         with open_dict(cfg):
             cfg[group] = run_cfg[group]
             for o in overrides:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, open_dict
 
 from wrncifar.run.checkpoints import CheckpointError, load_checkpoint, newest_valid_checkpoint
 from wrncifar.run.folder_lock import check_folder_free
+from wrncifar.run.trusted_targets import check_override_targets
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,10 @@ def resume_overrides(args: list[str]) -> list[str]:
     `hydra.run.dir=<run_dir>` so that outputs, logs and checkpoints continue in the same folder. A job of a sweep
     resumes as a single run: the overrides that made its command a sweep (`SWEEP_KEYS`) are left out.
 
-    Raises CheckpointError when `<run_dir>` is not a training run's folder, FolderInUseError while a run is still
-    running in it. The run's saved config is archived first (`archive_run_config`), since Hydra rewrites it for
-    the resumed command. The folder may be given quoted or not; it is passed on unquoted (see `command_line`).
+    Raises CheckpointError when `<run_dir>` is not a training run's folder, ConfigError when its saved overrides
+    name code the project's configs do not use, FolderInUseError while a run is still running in it; only then is
+    the run's saved config archived (`archive_run_config`), since Hydra rewrites it for the resumed command. The
+    folder may be given quoted or not; it is passed on unquoted (see `command_line`).
     """
     given = [a for a in args if a.startswith("resume=")]
     if not given or given[-1] in ("resume=null", "resume="):
@@ -38,9 +40,10 @@ def resume_overrides(args: list[str]) -> list[str]:
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise CheckpointError(f"resume={run_dir}: not a training run's folder (no .hydra/overrides.yaml in it)")
+    first = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.lstrip("+~").startswith(OWN_KEYS + SWEEP_KEYS)]
+    check_override_targets(first, saved)
     check_folder_free(run_dir)
     archive_run_config(run_dir)
-    first = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.lstrip("+~").startswith(OWN_KEYS + SWEEP_KEYS)]
     rest = [a for a in args if not a.startswith("resume=")]
     return [*first, *rest, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
 
