@@ -4,6 +4,8 @@ import errno
 import logging
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,20 +41,39 @@ def test_checkpoint_is_written_whole_and_readable_by_others(tmp_path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"], "no temporary file is left behind"
 
 
-def test_full_disk_during_a_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch) -> None:
+# A write past a real file-size limit (`ulimit -f`, which fails a write as a full disk does), in a process of its
+# own: torch.save's zip writer reports it as a RuntimeError, not an OSError.
+LIMITED_SAVE = """
+import resource, signal, sys, torch
+from pathlib import Path
+from wrncifar.run.checkpoints import AtomicCheckpointIO, CheckpointWriteError
+path = Path(sys.argv[1])
+AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1000)}, "global_step": 1}, path)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG instead of a signal
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+try:
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1 << 20)}, "global_step": 2}, path)
+except CheckpointWriteError as err:
+    print(err)
+"""
+
+
+def test_a_write_that_runs_out_of_space_keeps_the_previous_checkpoint_and_leaves_no_temporary(tmp_path) -> None:
     path = tmp_path / "last.ckpt"
-    save(path, step=1)
-    before = path.read_bytes()
+    done = subprocess.run([sys.executable, "-c", LIMITED_SAVE, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"could not write checkpoint {path} (the write stopped short" in done.stdout
+    assert "free some disk space (or raise the file-size limit, ulimit -f), then resume" in done.stdout
+    assert torch.load(path, weights_only=True)["global_step"] == 1, "the previous checkpoint is whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"], "no temporary file is left on the full disk"
 
-    def half_then_full(obj, f) -> None:
-        f.write(before[: len(before) // 2])
-        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpointing.torch, "save", half_then_full)
-    with pytest.raises(CheckpointWriteError, match=r"No space left on device.*free some disk space.*intact"):
-        save(path, step=2)
-    assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+def test_temporaries_of_a_write_killed_midway_are_removed_by_the_next_write(tmp_path) -> None:
+    path = tmp_path / "last.ckpt"
+    (tmp_path / ".last.ckpt.abc123.tmp").write_bytes(b"")  # what a kill during a write leaves
+    (tmp_path / ".step.ckpt.def456.tmp").write_bytes(b"")  # another checkpoint's: its own next write removes it
+    save(path, step=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".step.ckpt.def456.tmp", "last.ckpt"]
 
 
 def test_unwritable_folder_says_so(tmp_path, monkeypatch) -> None:

@@ -33,6 +33,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         target = Path(path)
+        remove_stale_temporaries(target)
         tmp_name = ""
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -43,16 +44,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(f.fileno())
             os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is not
             os.replace(tmp_name, target)
-        except OSError as err:
+        # torch.save's zip writer reports a failed write (a full disk, a file-size limit) as a RuntimeError.
+        except (OSError, RuntimeError) as err:
             if tmp_name:
                 Path(tmp_name).unlink(missing_ok=True)
             free = shutil.disk_usage(_existing_parent(target)).free / 2**20
-            hint = "free some disk space" if err.errno == errno.ENOSPC else "check that the folder is writable"
+            if isinstance(err, OSError) and err.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                what, hint = err.strerror or str(err), "check that the folder is writable"
+            else:
+                what = err.strerror if isinstance(err, OSError) else f"the write stopped short: {str(err)[:120]}"
+                hint = "free some disk space (or raise the file-size limit, ulimit -f)"
             raise CheckpointWriteError(
-                f"could not write checkpoint {target} ({err.strerror or err}; {free:,.0f} MiB free there): {hint}, "
+                f"could not write checkpoint {target} ({what}; {free:,.0f} MiB free there): {hint}, "
                 f"then resume; the previous checkpoint at that path, if any, is intact"
             ) from err
         _fsync_dir(target.parent)
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Delete the temporary files an earlier write of `target` left when its process was killed mid-write. Only
+    one process writes a run's checkpoints (the run holds its folder's lock; under DDP, rank 0 alone), so a
+    temporary of `target` that exists before a write is stale."""
+    for stale in target.parent.glob(f".{target.name}.*.tmp") if target.parent.is_dir() else []:
+        stale.unlink(missing_ok=True)
 
 
 def _existing_parent(path: Path) -> Path:
