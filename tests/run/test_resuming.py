@@ -203,6 +203,11 @@ def test_sigusr1_outside_slurm_also_saves_and_exits_cleanly(tmp_path) -> None:
     stop_with_signal(tmp_path / "run", signal.SIGUSR1, after_step=1)
 
 
+@pytest.mark.slow
+def test_ctrl_c_saves_says_how_to_resume_and_exits_130(tmp_path) -> None:
+    stop_with_signal(tmp_path / "run", signal.SIGINT, after_step=1)
+
+
 def test_a_resumed_run_logs_to_the_same_wandb_run(tmp_path) -> None:
     from omegaconf import OmegaConf
 

@@ -1,4 +1,4 @@
-"""SIGTERM and SIGUSR1 (preemption): finish the step, save `last.ckpt`, stop cleanly."""
+"""SIGTERM and SIGUSR1 (preemption) and Ctrl-C (SIGINT): finish the step, save `last.ckpt`, stop cleanly."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointOnSignal(Callback):
-    """On SIGTERM or SIGUSR1, save `<dirpath>/last.ckpt` after the current step and stop (the entry point then
-    exits with 128 + the signal number).
+    """On SIGTERM, SIGUSR1 or SIGINT (Ctrl-C), save `<dirpath>/last.ckpt` after the current step and stop (the
+    entry point then exits with 128 + the signal number and prints the resume command).
 
     Lightning turns SIGTERM into a stop after the current step (`SIGTERMException`); this callback also routes
-    SIGUSR1 there (outside SLURM, where Lightning leaves it to kill the process) and writes the checkpoint on
-    the way out. Under SLURM with auto-requeue, Lightning's own SIGUSR1 handler saves and requeues the job.
+    SIGUSR1 there (outside SLURM, where Lightning leaves it to kill the process) and the first Ctrl-C, and writes
+    the checkpoint on the way out. A second Ctrl-C interrupts at once, as Python's own handler does. Under SLURM
+    with auto-requeue, Lightning's own SIGUSR1 handler saves and requeues the job.
     """
 
     def __init__(self, dirpath: str | Path) -> None:
@@ -28,15 +29,19 @@ class CheckpointOnSignal(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         connector = trainer._signal_connector
-        for signum in (signal.SIGTERM, signal.SIGUSR1):
+        for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             previous = signal.getsignal(signum)
             if signum == signal.SIGUSR1 and previous not in (signal.SIG_DFL, signal.SIG_IGN, None):
                 continue  # Lightning's SLURM requeue handler, or the user's own: leave it
+            if signum == signal.SIGINT and previous is not signal.default_int_handler:
+                continue  # Ctrl-C ignored (a background job) or handled by the user's own code
 
             def handler(num: int, frame: Any, previous: Any = previous) -> None:
                 self.signum = num
                 connector.received_sigterm = True  # Lightning stops after the current step
-                if callable(previous) and num == signal.SIGTERM:
+                if num == signal.SIGINT:
+                    signal.signal(num, previous)  # the next Ctrl-C interrupts at once
+                elif callable(previous) and num == signal.SIGTERM:
                     previous(num, frame)
 
             signal.signal(signum, handler)
