@@ -7,10 +7,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from lightning.pytorch import Trainer
 
 from tests.conftest import last_logged, read_metrics, run_entry
 from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
 from wrncifar.run.config_validation import ConfigError
+from wrncifar.run.distributed import check_launch
 from wrncifar.run.fit_and_test import train
 
 # 99 classes make the validation and test sets odd-sized (99 images each): a sampler that pads them to an even
@@ -110,3 +112,11 @@ def test_sync_batchnorm_on_cpu_processes_is_refused_before_training(make_config)
     cfg = make_config(["model=wrn_tiny", "data=synthetic", "trainer=ddp_cpu", "trainer.sync_batchnorm=true"])
     with pytest.raises(ConfigError, match="sync_batchnorm=true needs GPUs"):
         train(cfg)
+
+
+def test_more_cpu_processes_than_cores_are_refused_unless_confirmed(make_config) -> None:
+    cfg = make_config(["model=wrn_tiny", "data=synthetic", "trainer=ddp_cpu", "trainer.devices=99"])
+    with pytest.raises(ConfigError, match=r"trainer\.devices=99 starts 99 CPU processes on a machine with \d+ cores"):
+        train(cfg)
+    trainer = Trainer(accelerator="cpu", devices=99, strategy="ddp", logger=False, enable_progress_bar=False)
+    check_launch(trainer, multirun=False, sync_batchnorm=False, oversubscribe=True)  # allow_oversubscription=true

@@ -38,6 +38,7 @@ TOP_LEVEL: dict[str, Any] = {
     "test": bool,
     "ckpt_path": str | None,
     "init_from": str | None,
+    "allow_oversubscription": bool,
     "seed": int | None,
     "optimized_metric": str | None,
     "matmul_precision": Literal["highest", "high", "medium"] | None,

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
@@ -15,8 +16,16 @@ from lightning.pytorch.utilities import rank_zero_only
 from wrncifar.run.config_validation import ConfigError
 
 
-def check_launch(trainer: Trainer, multirun: bool, sync_batchnorm: bool) -> None:
+def check_launch(trainer: Trainer, multirun: bool, sync_batchnorm: bool, oversubscribe: bool = False) -> None:
     """Refuse, before any data is read, the distributed set-ups that would fail or misbehave later."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    processes = trainer.num_devices
+    if isinstance(trainer.accelerator, CPUAccelerator) and processes > cores and not oversubscribe:
+        raise ConfigError(
+            f"trainer.devices={processes} starts {processes} CPU processes on a machine with {cores} cores, where "
+            "they would crawl or wait for each other for minutes: give at most that many (trainer.devices="
+            f"{cores}), or confirm with allow_oversubscription=true"
+        )
     strategy = trainer.strategy
     launcher = strategy.launcher
     relaunches = (

@@ -69,7 +69,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 logger.rewind(continue_at)
     callbacks = _without_logger_only_callbacks(instantiate_group(cfg.get("callbacks")), has_logger=bool(loggers))
     trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    check_launch(trainer, multirun=in_multirun(), sync_batchnorm=bool(cfg.trainer.get("sync_batchnorm")))
+    check_launch(
+        trainer,
+        multirun=in_multirun(),
+        sync_batchnorm=bool(cfg.trainer.get("sync_batchnorm")),
+        oversubscribe=bool(cfg.get("allow_oversubscription")),
+    )
     log_run_config(trainer, cfg, model)
 
     if cfg.get("train", True):
