@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from wrncifar.analysis.plot import main, run_figure, sweep_figure
+from wrncifar.analysis.plot import main, plot, run_figure, sweep_figure
 
 
 def panels(fig) -> dict[str, list[str]]:
@@ -73,3 +74,13 @@ def test_a_folder_that_is_neither_exits_1_with_a_message(tmp_path: Path, command
         f"Error: {tmp_path} is neither a run folder (with csv/metrics.csv) nor a multirun folder (with <job>/.hydra/): "
         "pass logs/train/runs/<time> or logs/train/multiruns/<time>"
     ]
+
+
+def test_a_planted_link_is_replaced_not_written_through(trained_run: Path, tmp_path: Path) -> None:
+    run_dir, victim = tmp_path / "run", tmp_path / "someone_elses.txt"
+    shutil.copytree(trained_run, run_dir)
+    victim.write_text("keep me")
+    (run_dir / "curves.png").symlink_to(victim)
+    out = plot(run_dir)
+    assert victim.read_text() == "keep me"
+    assert not out.is_symlink() and out.read_bytes().startswith(b"\x89PNG")

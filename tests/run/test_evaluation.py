@@ -166,3 +166,17 @@ def test_the_seeds_own_plain_state_dict_is_evaluated_with_the_seed_pooling(tmp_p
     with torch.no_grad():
         correct = sum(int((seed(x).argmax(1) == y).sum()) for x, y in dm.test_dataloader())
     assert json.loads((out / "test_metrics.json").read_text())["test/acc"] == pytest.approx(correct / 100)
+
+
+@pytest.mark.slow
+def test_a_report_folder_that_is_a_link_is_refused_and_its_target_untouched(trained_run: Path, tmp_path: Path) -> None:
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "another_run_folder"
+    shutil.copytree(trained_run, run_dir)
+    elsewhere.mkdir()
+    (run_dir / "eval_report").symlink_to(elsewhere, target_is_directory=True)
+    ckpt = best_checkpoint(run_dir)
+    result = run_entry("eval.py", [f"ckpt_path={ckpt}", "logger=null", f"hydra.run.dir={tmp_path / 'eval'}"])
+    assert result.returncode == 1
+    out = result.stdout + result.stderr
+    assert f"{run_dir / 'eval_report'} is a symbolic link: outputs are not written through it" in out
+    assert "Traceback" not in out and list(elsewhere.iterdir()) == []

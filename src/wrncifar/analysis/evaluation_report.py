@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassConfusionMatrix
 
+from wrncifar.analysis.output_files import write_file
 from wrncifar.analysis.predictions import Predictions
 
 REPORT_FILE = "report.json"
@@ -157,14 +158,13 @@ def write_report(report: Mapping[str, Any], predictions: Mapping[str, Prediction
     Returns the path of `report.json`.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / REPORT_FILE
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    path = write_file(out_dir / REPORT_FILE, lambda tmp: tmp.write_text(json.dumps(report, indent=1) + "\n"))
     arrays: dict[str, np.ndarray] = {"labels": next(iter(predictions.values())).labels.numpy()}
     for mode, p in predictions.items():
         confidence, predicted = p.log_probs.exp().max(dim=1)
         arrays[f"{mode}_predicted"] = predicted.numpy()
         arrays[f"{mode}_confidence"] = confidence.numpy()
-    np.savez_compressed(out_dir / PREDICTIONS_FILE, **arrays)
+    write_file(out_dir / PREDICTIONS_FILE, lambda tmp: np.savez_compressed(tmp, **arrays))
     return path
 
 

@@ -17,6 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from wrncifar.analysis.output_files import write_file
 from wrncifar.analysis.report_plots import DPI
 from wrncifar.analysis.run_logs import METRICS_CSV, epoch_metrics, step_metrics, sweep_runs, varying_overrides
 
@@ -108,8 +109,7 @@ def plot(folder: Path, out: Path | None = None) -> Path:
             "pass logs/train/runs/<time> or logs/train/multiruns/<time>"
         )
     out = Path(out) if out else folder / "curves.png"
-    fig.savefig(out, dpi=DPI)
-    return out
+    return write_file(out, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

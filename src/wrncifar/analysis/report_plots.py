@@ -14,6 +14,8 @@ import numpy as np
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
+from wrncifar.analysis.output_files import write_file
+
 DPI = 120
 
 
@@ -121,6 +123,5 @@ def save_report_plots(report: Mapping[str, Any], out_dir: Path) -> list[Path]:
             if fig is None:
                 continue
             path = out_dir / (f"{name}.png" if mode == "plain" else f"{name}_{mode}.png")
-            fig.savefig(path, dpi=DPI)
-            written.append(path)
+            written.append(write_file(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=DPI, format="png")))
     return written

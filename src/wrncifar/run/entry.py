@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from wrncifar.analysis.output_files import LinkedOutputError
 from wrncifar.callbacks.non_finite_loss import NonFiniteLossError
 from wrncifar.data.cifar100_sources import CorruptDatasetError, DatasetNotFoundError
 from wrncifar.data.device_batches import DeviceMemoryError
@@ -45,6 +46,7 @@ USER_ERRORS = (
     NonFiniteLossError,
     NonFiniteMetricError,
     FolderInUseError,
+    LinkedOutputError,
     InstantiationException,
 )
 

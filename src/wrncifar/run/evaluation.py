@@ -14,6 +14,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wrncifar.analysis.evaluation_report import build_report, write_report
+from wrncifar.analysis.output_files import output_folder
 from wrncifar.analysis.predictions import TTA, predict
 from wrncifar.analysis.report_plots import save_report_plots
 from wrncifar.run.checkpoints import (
@@ -89,6 +90,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     log.info("Test metrics written to %s", out)
     if settings.report:
         report_dir = report_directory(settings.report_dir, ckpt_path, Path(cfg.paths.output_dir))
+        run_dir = training_run_dir(ckpt_path)
+        output_folder(report_dir, within=run_dir if run_dir and not settings.report_dir else report_dir.parent)
         write_evaluation_report(trainer, model, datamodule, settings.tta, ckpt_path, cfg.data, report_dir)
     return metrics
 

@@ -1,0 +1,44 @@
+"""Files the project writes into run folders: whole or not at all, and never through a symbolic link.
+
+Each file is written to a temporary file beside it and renamed over the target. A rename replaces a symbolic link
+itself rather than the file it points to, so a link planted in a run folder (`curves.png` → someone's file)
+cannot make the project overwrite anything outside; a folder that is a link is refused by name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+class LinkedOutputError(RuntimeError):
+    """An output folder is a symbolic link the project did not create."""
+
+
+def output_folder(folder: Path, within: Path) -> Path:
+    """`folder`, created if missing; LinkedOutputError if it, or a folder between `within` (a run folder, which may
+    itself be a link, as `logs/` on a cluster often is) and it, is a symbolic link."""
+    parts = [folder, *folder.parents]
+    below = parts[: parts.index(within)] if within in parts else [folder]
+    for part in below:
+        if part.is_symlink():
+            raise LinkedOutputError(
+                f"{part} is a symbolic link: outputs are not written through it; remove the link or pass another folder"
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_file(path: Path, write: Callable[[Path], object]) -> Path:
+    """Call `write(tmp)` to write a temporary file beside `path`, then rename it over `path`; return `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
