@@ -154,6 +154,8 @@ def ddp_run_with_a_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     root = tmp_path_factory.mktemp("ddp_wandb")
     run_dir, home = root / "run", root / "home"
     args = [*FEW_IMAGES, "trainer=ddp_cpu", "debug=limit", "trainer.devices=2", "trainer.max_epochs=1"]
+    # A value that interpolates the key: printed in the config tree, logged, and sent to W&B as the run's notes.
+    args += ["+logger.wandb.notes=key ${oc.env:WANDB_API_KEY}", "extras.print_config=true"]
     result = subprocess.run(
         [sys.executable, str(ROOT / "src" / "train.py"), *args, "logger=wandb", f"hydra.run.dir={run_dir}"],
         cwd=ROOT,

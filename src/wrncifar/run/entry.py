@@ -27,6 +27,7 @@ from wrncifar.run.distributed import log_files_on_rank_zero_only
 from wrncifar.run.extras import apply_extras
 from wrncifar.run.fit_and_test import NonFiniteMetricError
 from wrncifar.run.folder_lock import FolderInUseError, hold_run_folder
+from wrncifar.run.tracking import redact_secrets_in_logs
 from wrncifar.sweeps.summary import in_multirun, record_job_result
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
     """
     multirun = in_multirun()
     log_files_on_rank_zero_only()
+    redact_secrets_in_logs()
     failed = True  # until the task returns
     try:
         # Rank 0 holds the run folder; under DDP the other ranks work in the same one.

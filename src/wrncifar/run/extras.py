@@ -11,6 +11,8 @@ import rich.tree
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from wrncifar.run.tracking import without_secrets
+
 log = logging.getLogger(__name__)
 
 # Printed first, in this order; any other top-level key follows.
@@ -33,7 +35,9 @@ def print_config_tree(cfg: DictConfig, save_dir: str | None = None) -> None:
     keys = [k for k in PRINT_ORDER if k in cfg] + [k for k in cfg if k not in PRINT_ORDER]
     for key in keys:
         node = cfg[key]
-        text = OmegaConf.to_yaml(node, resolve=True) if isinstance(node, DictConfig) else str(node)
+        # Resolved for reading, with the W&B API key redacted from any value that interpolates it.
+        value = without_secrets(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node)
+        text = OmegaConf.to_yaml(value) if isinstance(value, dict) else str(value)
         tree.add(key, style="dim", guide_style="dim").add(rich.syntax.Syntax(text, "yaml"))
     rich.print(tree)
     if save_dir:

@@ -18,6 +18,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from wrncifar.run.config_validation import ConfigError
+from wrncifar.run.tracking import without_secrets
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,9 @@ class WandbLogger(LightningWandbLogger):
 
     def __init__(self, offline: bool | None = None, summary: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         # Lightning's own `offline=True` sets WANDB_MODE for the whole process and refuses `log_model`; W&B's
-        # `mode` argument does neither (offline artifacts are uploaded by `wandb sync` with the run).
-        super().__init__(offline=False, **kwargs)
+        # `mode` argument does neither (offline artifacts are uploaded by `wandb sync` with the run). A value that
+        # interpolates the API key (notes, tags, a name) reaches W&B redacted.
+        super().__init__(offline=False, **without_secrets(kwargs))
         if self._wandb_init.get("anonymous") is None:
             del self._wandb_init["anonymous"]  # W&B warns about the argument even when it is None
         self._offline_choice = offline

@@ -40,6 +40,25 @@ def without_secrets(value: Any, secret: str | None = None) -> Any:
     return value
 
 
+class SecretFilter(logging.Filter):
+    """Redacts the W&B API key of the environment from every log record that passes (console and `train.log`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secret = os.environ.get(API_KEY_ENV)
+        if secret:
+            message = record.getMessage()
+            if secret in message:
+                record.msg, record.args = message.replace(secret, REDACTED), ()
+        return True
+
+
+def redact_secrets_in_logs() -> None:
+    """Put a `SecretFilter` on every handler of the root logger (where Hydra's console and file handlers are)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, SecretFilter) for f in handler.filters):
+            handler.addFilter(SecretFilter())
+
+
 def git_state(repo_dir: str | Path) -> dict[str, Any]:
     """The commit checked out in `repo_dir` and whether the work tree differs from it (untracked files count);
     commit None outside a git checkout or without git."""
