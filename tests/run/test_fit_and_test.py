@@ -142,3 +142,17 @@ def test_init_from_starts_a_new_run_from_plain_network_weights(tmp_path: Path) -
 
     both = run_entry("train.py", [*args, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])
     assert both.returncode == 1 and "init_from starts a new run" in both.stdout + both.stderr
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_with_exit_1_and_writes_no_broken_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = [*TINY_SYNTHETIC, "data.train_per_class=4", "data.val_per_class=2", "data.test_per_class=1"]
+    result = run_entry(
+        "train.py", [*args, "trainer.max_epochs=2", "model.optimizer.lr=1e6", f"hydra.run.dir={run_dir}"]
+    )
+    assert result.returncode == 1
+    assert "became non-finite" in result.stdout + result.stderr and "Traceback" not in result.stderr
+    for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
+        state = torch.load(ckpt, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for k, v in state.items() if k.startswith("net.") and v.is_floating_point())
