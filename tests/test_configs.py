@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
 from tests.conftest import CONFIGS, run_entry
-from wrncifar.run.config_validation import validate_config
+from wrncifar.run.config_validation import ConfigError, validate_config
 from wrncifar.run.fit_and_test import instantiate_group
 
 # Trainer options made for GPUs are instantiated on the CPU here; everything else in them is kept.
@@ -54,9 +55,16 @@ def test_model_config_nests_the_network_under_net(make_config) -> None:
 @pytest.mark.parametrize("option", options("trainer"))
 def test_trainer_options_instantiate(make_config, option: str) -> None:
     cfg = make_config([f"trainer={option}"])
+    needs_a_gpu = cfg.trainer.accelerator == "gpu"
+    if needs_a_gpu and not torch.cuda.is_available():
+        with pytest.raises(
+            ConfigError, match=r"trainer\.accelerator: gpu, but this machine has no CUDA GPU.*trainer=cpu"
+        ):
+            validate_config(cfg)
+    else:
+        validate_config(cfg)
+    cfg = make_config([f"trainer={option}", *(ON_CPU if needs_a_gpu else [])])
     validate_config(cfg)
-    overrides = ON_CPU if cfg.trainer.accelerator == "gpu" else []
-    cfg = make_config([f"trainer={option}", *overrides])
     trainer = instantiate(cfg.trainer)
     assert isinstance(trainer, Trainer)
     assert trainer.max_epochs == 200
@@ -147,6 +155,8 @@ def test_callback_options_instantiate(make_config, option: str) -> None:
 @pytest.mark.parametrize("option", options("experiment"))
 def test_experiment_options_compose_and_instantiate(make_config, option: str) -> None:
     cfg = make_config([f"experiment={option}"])
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        cfg = make_config([f"experiment={option}", *ON_CPU])  # the GPU recipe, checked as it would run here
     validate_config(cfg)
     assert isinstance(instantiate(cfg.model), LightningModule)
     assert isinstance(instantiate(cfg.data), LightningDataModule)

@@ -372,3 +372,12 @@ def test_an_archive_in_a_read_only_folder_is_extracted_into_the_users_cache(cifa
     (extracted,) = cache.glob(f"cifar100-*/{CIFAR100.base_folder}")
     assert (extracted / "train").is_file()
     assert sorted(p.name for p in shared.iterdir()) == [CIFAR100.filename], "the shared folder is untouched"
+
+
+def test_an_incomplete_array_export_names_the_missing_file(tmp_path) -> None:
+    np.savez(tmp_path / "train.npz", data=fake_images(2, 0), fine_labels=np.zeros(2, dtype=np.uint8))
+    np.savez(tmp_path / "test.npz", data=fake_images(2, 1), fine_labels=np.zeros(2, dtype=np.uint8))
+    with pytest.raises(
+        CorruptDatasetError, match=r"array export in .* is incomplete: train\.npz, test\.npz but no meta\.json"
+    ):
+        datamodule(tmp_path, download=False)

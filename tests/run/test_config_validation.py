@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
@@ -29,6 +30,10 @@ from wrncifar.run.config_validation import ConfigError, check_num_classes, valid
         ("matmul_precision=fastest", "matmul_precision: expected"),
         ("trainer.max_epochs=0", "trainer.max_epochs: must be >= 1"),
         ("trainer.max_epochs=-3", "trainer.max_epochs: must be >= 1"),
+        ("+trainer.max_steps=0", "trainer.max_steps: 0 trains nothing"),
+        ("trainer.limit_train_batches=0", "trainer.limit_train_batches: 0 trains nothing"),
+        ("allow_oversubscription=perhaps", "allow_oversubscription: expected a boolean"),
+        ("init_from=7", "init_from: expected str or null, got 7"),
     ],
 )
 def test_validation_names_the_mistyped_key(make_config, override: str, message: str) -> None:
@@ -79,3 +84,9 @@ def test_model_and_data_class_counts_must_agree(make_config) -> None:
         check_num_classes(instantiate(cfg.model), instantiate(cfg.data))
     cfg = make_config(["model=wrn_tiny", "data=synthetic", "data.num_classes=10", "model.net.num_classes=10"])
     check_num_classes(instantiate(cfg.model), instantiate(cfg.data))
+
+
+def test_a_gpu_asked_for_without_one_says_so_and_what_to_use(make_config, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    with pytest.raises(ConfigError, match=r"trainer\.accelerator: gpu, but this machine has no CUDA GPU .*trainer=cpu"):
+        validate_config(make_config(["trainer=gpu"]))

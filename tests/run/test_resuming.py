@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONFIGS, FEW_IMAGES, ROOT, TINY_SYNTHETIC, read_metrics, run_entry
 from wrncifar.run.checkpoints import CheckpointError
+from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.folder_lock import check_folder_free
 from wrncifar.run.resuming import resume_overrides
 
@@ -336,3 +338,22 @@ def test_a_run_that_is_still_running_cannot_be_resumed(tmp_path: Path) -> None:
         process.kill()
         process.wait()
     check_folder_free(run_dir)  # a killed run leaves no lock behind
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_says_so_and_what_to_do(tmp_path, reference) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    result = run_entry("train.py", [f"resume={run_dir}"])
+    assert result.returncode == 1
+    out = result.stdout + result.stderr
+    assert "is from a run that has already trained 2 epochs" in out and "larger trainer.max_epochs" in out
+    assert "optimized_metric" not in out and "Traceback" not in out
+
+
+def test_resume_and_ckpt_path_together_are_refused(make_config, tmp_path) -> None:
+    from wrncifar.run.resuming import checkpoint_to_resume
+
+    cfg = make_config([f"+resume={tmp_path}", f"ckpt_path={tmp_path / 'x.ckpt'}"])
+    with pytest.raises(ConfigError, match=r"continues that run from its newest checkpoint, ckpt_path=.*give one"):
+        checkpoint_to_resume(cfg)

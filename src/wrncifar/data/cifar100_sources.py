@@ -77,6 +77,14 @@ def prepare_cifar100(data_dir: str | Path, download: bool) -> str:
     if has_array_export(data_dir):
         _verify_array_export(data_dir)
         return "arrays"
+    present = [name for name in ARRAY_FILES if (data_dir / name).is_file()]
+    if present:
+        missing = [name for name in ARRAY_FILES if name not in present]
+        raise CorruptDatasetError(
+            f"the array export in {data_dir.resolve()} is incomplete: {', '.join(present)} but no "
+            f"{', '.join(missing)}. Restore the missing file(s) from the copy it came from, or remove the array "
+            "files to use the official release instead"
+        )
     if official_folder(data_dir).is_dir():
         _verify_official_folder(data_dir)
         return "official"

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
@@ -60,6 +61,7 @@ def validate_config(cfg: DictConfig, entry_settings: Mapping[str, type] | None =
     _check_fields({k: v for k, v in container.items() if k in top_level}, top_level, True, "", "", problems)
     _walk(container, "", problems)
     problems += _training_length_problems(container.get("trainer") or {})
+    problems += _accelerator_problems(container.get("trainer") or {})
     if problems:
         raise ConfigError(
             "invalid config:\n  "
@@ -69,10 +71,29 @@ def validate_config(cfg: DictConfig, entry_settings: Mapping[str, type] | None =
 
 
 def _training_length_problems(trainer: Mapping[str, Any]) -> list[str]:
-    """Lightning accepts max_epochs=0 and then trains nothing; here that is a mistake, said before any work."""
+    """Lightning accepts max_epochs=0, max_steps=0 and limit_train_batches=0 and then trains nothing; here that is
+    a mistake, said before any work."""
+    problems = []
     epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
     if isinstance(epochs, int) and epochs != -1 and epochs < 1 and steps in (None, -1):
-        return [f"trainer.max_epochs: must be >= 1 (or -1 with trainer.max_steps set), got {epochs}"]
+        problems.append(f"trainer.max_epochs: must be >= 1 (or -1 with trainer.max_steps set), got {epochs}")
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps == 0:
+        problems.append("trainer.max_steps: 0 trains nothing; give a positive number of steps, or -1 for no limit")
+    limit = trainer.get("limit_train_batches")
+    if isinstance(limit, int | float) and not isinstance(limit, bool) and limit == 0:
+        problems.append("trainer.limit_train_batches: 0 trains nothing; give a count, a share in (0, 1], or null")
+    return problems
+
+
+def _accelerator_problems(trainer: Mapping[str, Any]) -> list[str]:
+    """A GPU asked for on a machine without one: said plainly, with what to use, before Lightning's own error."""
+    accelerator = trainer.get("accelerator")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        return [
+            f"trainer.accelerator: {accelerator}, but this machine has no CUDA GPU that torch {torch.__version__} "
+            "can use: train on the CPU with trainer=cpu (or trainer.accelerator=auto, which picks a GPU when there "
+            "is one)"
+        ]
     return []
 
 

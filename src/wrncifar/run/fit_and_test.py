@@ -21,7 +21,7 @@ from wrncifar.run.checkpoints import check_compatible, load_checkpoint, load_net
 from wrncifar.run.config_validation import ConfigError, check_num_classes, validate_config
 from wrncifar.run.distributed import check_launch
 from wrncifar.run.loggers import CSVLogger
-from wrncifar.run.resuming import checkpoint_to_resume
+from wrncifar.run.resuming import check_not_finished, checkpoint_to_resume
 from wrncifar.run.tracking import continue_tensorboard, group_sweep_jobs, keep_wandb_run, log_run_config
 from wrncifar.sweeps.summary import in_multirun
 
@@ -57,6 +57,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         checkpoint = load_checkpoint(resume_from)
         check_compatible(model, checkpoint, resume_from)
         continue_at = int(checkpoint.get("global_step", 0)) if cfg.get("train", True) else None
+        if cfg.get("train", True):
+            check_not_finished(checkpoint, resume_from, cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps"))
     if continue_at is not None:
         continue_tensorboard(cfg, continue_at)
     if cfg.get("resume"):

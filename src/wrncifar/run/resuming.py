@@ -11,6 +11,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, open_dict
 
 from wrncifar.run.checkpoints import CheckpointError, load_checkpoint, newest_valid_checkpoint
+from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.folder_lock import check_folder_free
 from wrncifar.run.trusted_targets import check_override_targets
 
@@ -70,6 +71,11 @@ def archive_run_config(run_dir: Path) -> Path:
 def checkpoint_to_resume(cfg: DictConfig) -> Path | None:
     """The checkpoint `cfg` resumes from, checked to load: `ckpt_path` as given, or with `resume` the newest
     valid checkpoint of that run (last.ckpt, else the newest that loads). Sets `cfg.ckpt_path` to it."""
+    if cfg.get("resume") and cfg.get("ckpt_path"):
+        raise ConfigError(
+            f"resume={cfg.resume} continues that run from its newest checkpoint, ckpt_path={cfg.ckpt_path} from "
+            "another one: give one of them"
+        )
     if cfg.get("resume"):
         path = newest_valid_checkpoint(Path(cfg.resume) / "checkpoints")
         log.info("Resuming %s from %s", cfg.resume, path)
@@ -81,3 +87,21 @@ def checkpoint_to_resume(cfg: DictConfig) -> Path | None:
     with open_dict(cfg):
         cfg.ckpt_path = str(path)
     return path
+
+
+def check_not_finished(checkpoint: dict, path: Path, max_epochs: int | None, max_steps: int | None) -> None:
+    """ConfigError when the run of `checkpoint` has already trained for `max_epochs` (or `max_steps`): Lightning
+    would train nothing and the run would end without its metrics."""
+    epochs_done = int(
+        checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed", 0)
+    )
+    steps_done = int(checkpoint.get("global_step", 0))
+    done = (max_epochs not in (None, -1) and epochs_done >= max_epochs) or (
+        max_steps not in (None, -1) and steps_done >= max_steps
+    )
+    if done:
+        raise ConfigError(
+            f"{path} is from a run that has already trained {epochs_done} epochs ({steps_done} steps), as far as "
+            f"trainer.max_epochs={max_epochs} (trainer.max_steps={max_steps}) go: train it for longer with a larger "
+            f"trainer.max_epochs, or evaluate it with `python src/eval.py ckpt_path={path}`"
+        )
