@@ -84,3 +84,12 @@ def test_a_planted_link_is_replaced_not_written_through(trained_run: Path, tmp_p
     out = plot(run_dir)
     assert victim.read_text() == "keep me"
     assert not out.is_symlink() and out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_damaged_metrics_file_is_named_with_its_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "metrics.csv").write_text("epoch,step,val/acc\n0,9,0.5\n1,19,0.5\x00\x00\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path)])
+    assert exit_info.value.code == 1
+    assert "metrics.csv, line 3: val/acc='0.5\\x00\\x00' at epoch '1' is not a number" in capsys.readouterr().err

@@ -381,3 +381,37 @@ def test_an_incomplete_array_export_names_the_missing_file(tmp_path) -> None:
         CorruptDatasetError, match=r"array export in .* is incomplete: train\.npz, test\.npz but no meta\.json"
     ):
         datamodule(tmp_path, download=False)
+
+
+def write_named_array_export(folder: Path, classes: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, seed in [("train", 0), ("test", 1)]:
+        labels = np.repeat(np.arange(FAKE_CLASSES, dtype=np.uint8), 3)
+        np.savez(folder / f"{split}.npz", data=fake_images(len(labels), seed), fine_labels=labels)
+    (folder / "meta.json").write_text(json.dumps({"fine_label_names": classes}))
+
+
+def test_a_malformed_checksum_line_is_named(tmp_path) -> None:
+    write_named_array_export(tmp_path, [f"c{i}" for i in range(FAKE_CLASSES)])
+    (tmp_path / "SHA256SUMS").write_text("not-a-checksum-line\n")
+    with pytest.raises(CorruptDatasetError, match=r"SHA256SUMS has a line that is not '<sha256> <file>'"):
+        datamodule(tmp_path)
+
+
+def test_class_names_that_do_not_fit_the_labels_are_named(tmp_path) -> None:
+    write_named_array_export(tmp_path, ["apple", "apple", "pear"])
+    with pytest.raises(CorruptDatasetError, match=r"meta\.json names 2 distinct classes, the labels need 100"):
+        datamodule(tmp_path)
+
+
+def test_a_validation_share_larger_than_a_class_is_one_message(make_config) -> None:
+    from wrncifar.run.entry import run
+    from wrncifar.run.fit_and_test import train_for_sweep
+
+    args = ["model=wrn_tiny", "data=synthetic", "data.train_per_class=4", "data.val_per_class=4", "logger=null"]
+    with pytest.raises(SystemExit) as exit_info:
+        run(train_for_sweep, make_config([*args, "trainer=cpu", "extras.print_config=false"]))
+    assert exit_info.value.code == 1
+    assert "too few to hold out 4 for validation and keep some for training: lower data.val_per_class" in str(
+        exit_info.value.__cause__
+    )

@@ -31,6 +31,7 @@ from wrncifar.run.config_validation import ConfigError, check_num_classes, valid
         ("trainer.max_epochs=0", "trainer.max_epochs: must be >= 1"),
         ("trainer.max_epochs=-3", "trainer.max_epochs: must be >= 1"),
         ("+trainer.max_steps=0", "trainer.max_steps: 0 trains nothing"),
+        ("trainer.check_val_every_n_epoch=0", "trainer.check_val_every_n_epoch: must be >= 1"),
         ("trainer.limit_train_batches=0", "trainer.limit_train_batches: 0 trains nothing"),
         ("allow_oversubscription=perhaps", "allow_oversubscription: expected a boolean"),
         ("init_from=7", "init_from: expected str or null, got 7"),
@@ -49,6 +50,7 @@ def test_validation_names_the_mistyped_key(make_config, override: str, message: 
         ("model.optimizer.lr=0", "optimizer.lr must be > 0, got 0"),
         ("model.optimizer.lr=-0.1", "optimizer.lr must be > 0, got -0.1"),
         ("model.net.widths=[16,160,320]", "widths must list 4 channel counts"),
+        (f"data.batch_size={2**70}", "batch_size must be below 2,147,483,648, got 1,180,591,620,717,411,303,424"),
     ],
 )
 def test_impossible_values_are_refused_when_built(make_config, override: str, message: str) -> None:

@@ -180,3 +180,15 @@ def test_a_report_folder_that_is_a_link_is_refused_and_its_target_untouched(trai
     out = result.stdout + result.stderr
     assert f"{run_dir / 'eval_report'} is a symbolic link: outputs are not written through it" in out
     assert "Traceback" not in out and list(elsewhere.iterdir()) == []
+
+
+def test_a_report_dir_that_is_a_file_is_one_message(make_config, trained_run: Path, tmp_path: Path) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    cfg = make_config(
+        [f"ckpt_path={best_checkpoint(trained_run)}", f"eval.report_dir={a_file}"], config_name="eval.yaml"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        run(evaluate, cfg)
+    assert exit_info.value.code == 1 and f"{a_file} is a file, not a folder" in str(exit_info.value.__cause__)
+    assert a_file.read_text() == "mine"

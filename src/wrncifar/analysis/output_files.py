@@ -13,20 +13,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-class LinkedOutputError(RuntimeError):
-    """An output folder is a symbolic link the project did not create."""
+class OutputFolderError(RuntimeError):
+    """An output folder is a symbolic link the project did not create, or a file."""
 
 
 def output_folder(folder: Path, within: Path) -> Path:
-    """`folder`, created if missing; LinkedOutputError if it, or a folder between `within` (a run folder, which may
+    """`folder`, created if missing; OutputFolderError if it, or a folder between `within` (a run folder, which may
     itself be a link, as `logs/` on a cluster often is) and it, is a symbolic link."""
     parts = [folder, *folder.parents]
     below = parts[: parts.index(within)] if within in parts else [folder]
     for part in below:
         if part.is_symlink():
-            raise LinkedOutputError(
+            raise OutputFolderError(
                 f"{part} is a symbolic link: outputs are not written through it; remove the link or pass another folder"
             )
+    if folder.exists() and not folder.is_dir():
+        raise OutputFolderError(f"{folder} is a file, not a folder: pass a folder to write the outputs to")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

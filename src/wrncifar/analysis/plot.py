@@ -19,7 +19,14 @@ from matplotlib.ticker import MaxNLocator
 
 from wrncifar.analysis.output_files import write_file
 from wrncifar.analysis.report_plots import DPI
-from wrncifar.analysis.run_logs import METRICS_CSV, epoch_metrics, step_metrics, sweep_runs, varying_overrides
+from wrncifar.analysis.run_logs import (
+    METRICS_CSV,
+    MalformedLogError,
+    epoch_metrics,
+    step_metrics,
+    sweep_runs,
+    varying_overrides,
+)
 
 Series = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -119,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         out = plot(args.folder, args.out)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, MalformedLogError) as err:
         print(f"Error: {err}", file=sys.stderr)
         raise SystemExit(1) from err
     print(out)

@@ -15,6 +15,10 @@ import yaml
 METRICS_CSV = Path("csv") / "metrics.csv"
 
 
+class MalformedLogError(ValueError):
+    """A run's metrics file cannot be read as numbers."""
+
+
 @dataclass(frozen=True)
 class SweepRun:
     """One job of a multirun: its folder, its command-line overrides and the last value of each logged metric."""
@@ -42,18 +46,24 @@ def _metric_series(run_dir: Path, axis: str) -> dict[str, tuple[np.ndarray, np.n
     path = Path(run_dir) / METRICS_CSV
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: was the run logged with logger=csv (the default)?")
-    with path.open() as f:
+    with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     series: dict[str, tuple[list[int], list[float]]] = {}
-    for row in rows:
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
         if not row.get(axis):
             continue
         for key, value in row.items():
             if key in ("epoch", "step") or not value:
                 continue
             positions, values = series.setdefault(key, ([], []))
-            positions.append(int(row[axis]))
-            values.append(float(value))
+            try:
+                positions.append(int(row[axis]))
+                values.append(float(value))
+            except (TypeError, ValueError) as err:
+                raise MalformedLogError(
+                    f"{path}, line {line}: {key}={value!r} at {axis} {row[axis]!r} is not a number: the file is "
+                    "damaged (a run killed while writing it?); fix or remove that line"
+                ) from err
     return {key: (np.asarray(positions), np.asarray(values)) for key, (positions, values) in series.items()}
 
 

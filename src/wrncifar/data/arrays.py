@@ -39,6 +39,10 @@ def superclass_of_each_class(fine_labels: np.ndarray, coarse_labels: np.ndarray,
     return tuple(coarse.tolist())
 
 
+class DataSettingsError(ValueError):
+    """The data settings do not fit the dataset found (found only once it is read, inside Lightning's setup)."""
+
+
 def stratified_split(labels: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val) with exactly `per_class` validation samples of every class, chosen by `seed`."""
     rng = np.random.default_rng(seed)
@@ -46,9 +50,9 @@ def stratified_split(labels: np.ndarray, per_class: int, seed: int) -> tuple[np.
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
         if len(members) <= per_class:
-            raise ValueError(
-                f"class {cls} has {len(members)} training samples, too few to hold out {per_class} for validation; "
-                "lower val_per_class"
+            raise DataSettingsError(
+                f"class {cls} has {len(members)} training images, too few to hold out {per_class} for validation "
+                f"and keep some for training: lower data.val_per_class (below {len(members)})"
             )
         val.append(rng.choice(members, size=per_class, replace=False))
     val_idx = np.sort(np.concatenate(val)) if val else np.empty(0, dtype=np.int64)

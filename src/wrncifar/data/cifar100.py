@@ -45,10 +45,16 @@ class ImageDataset(Dataset):
         return self.transform(self.images[index]), self.labels[index]
 
 
+# Larger counts overflow the loaders' 64-bit index arithmetic; no dataset here comes near them.
+MAX_COUNT = 2**31
+
+
 def require_positive_int(name: str, value: object) -> None:
-    """ValueError naming `name` unless `value` is an int > 0 (a bool is not)."""
+    """ValueError naming `name` unless `value` is an int in 1 … MAX_COUNT - 1 (a bool is not)."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if value >= MAX_COUNT:
+        raise ValueError(f"{name} must be below {MAX_COUNT:,}, got {value:,}")
 
 
 def default_num_workers() -> int:

@@ -232,7 +232,12 @@ def _verify_array_export(data_dir: Path) -> None:
     for line in sums.read_text().splitlines():
         if not line.strip():
             continue
-        digest, name = line.split(maxsplit=1)
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or len(parts[0]) != 64:
+            raise CorruptDatasetError(
+                f"{sums} has a line that is not '<sha256> <file>': {line.strip()[:80]!r}; restore the file or remove it"
+            )
+        digest, name = parts
         path = data_dir / name.strip().lstrip("*")
         if path.name not in ARRAY_FILES:
             continue
@@ -260,6 +265,11 @@ def _read_array_export(data_dir: Path) -> ImageArrays:
         raise CorruptDatasetError(f"{data_dir / 'meta.json'} cannot be read as CIFAR-100 metadata: {err}") from err
     train_images, train_labels, train_coarse = _read_npz(data_dir / "train.npz")
     test_images, test_labels, test_coarse = _read_npz(data_dir / "test.npz")
+    if len(classes) != NUM_CLASSES or len(set(classes)) != NUM_CLASSES:
+        raise CorruptDatasetError(
+            f"{data_dir / 'meta.json'} names {len(set(classes))} distinct classes, the labels need {NUM_CLASSES}: "
+            "restore meta.json from the copy the arrays came from"
+        )
     superclasses, fine_to_coarse = _superclasses(
         coarse_names, np.concatenate([train_labels, test_labels]), [train_coarse, test_coarse], data_dir
     )

@@ -79,6 +79,9 @@ def _training_length_problems(trainer: Mapping[str, Any]) -> list[str]:
         problems.append(f"trainer.max_epochs: must be >= 1 (or -1 with trainer.max_steps set), got {epochs}")
     if isinstance(steps, int) and not isinstance(steps, bool) and steps == 0:
         problems.append("trainer.max_steps: 0 trains nothing; give a positive number of steps, or -1 for no limit")
+    every = trainer.get("check_val_every_n_epoch")
+    if isinstance(every, int) and not isinstance(every, bool) and every < 1:
+        problems.append(f"trainer.check_val_every_n_epoch: must be >= 1 (or null to validate by steps), got {every}")
     limit = trainer.get("limit_train_batches")
     if isinstance(limit, int | float) and not isinstance(limit, bool) and limit == 0:
         problems.append("trainer.limit_train_batches: 0 trains nothing; give a count, a share in (0, 1], or null")

@@ -15,8 +15,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from wrncifar.analysis.output_files import LinkedOutputError
+from wrncifar.analysis.output_files import OutputFolderError
 from wrncifar.callbacks.non_finite_loss import NonFiniteLossError
+from wrncifar.data.arrays import DataSettingsError
 from wrncifar.data.cifar100_sources import CorruptDatasetError, DatasetNotFoundError
 from wrncifar.data.device_batches import DeviceMemoryError
 from wrncifar.models.compilation import CompileUnavailableError
@@ -47,7 +48,8 @@ USER_ERRORS = (
     NonFiniteLossError,
     NonFiniteMetricError,
     FolderInUseError,
-    LinkedOutputError,
+    OutputFolderError,
+    DataSettingsError,
     InstantiationException,
 )
 
