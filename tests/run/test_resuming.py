@@ -33,6 +33,12 @@ RESUMABLE = [
 TOTAL_STEPS = 2 * (100 * (30 - 10) // 64 + 1)
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C as a terminal delivers it: a job started in the background (CI, nohup) inherits SIGINT ignored, and
+    Python then never installs its KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_entry(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
     return subprocess.Popen(
@@ -42,6 +48,7 @@ def start_entry(args: list[str]) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_as_in_a_terminal,
     )
 
 
