@@ -364,3 +364,20 @@ def test_resume_and_ckpt_path_together_are_refused(make_config, tmp_path) -> Non
     cfg = make_config([f"+resume={tmp_path}", f"ckpt_path={tmp_path / 'x.ckpt'}"])
     with pytest.raises(ConfigError, match=r"continues that run from its newest checkpoint, ckpt_path=.*give one"):
         checkpoint_to_resume(cfg)
+
+
+@pytest.mark.slow
+def test_an_epoch_end_resume_on_the_loader_worker_path_is_exact(tmp_path) -> None:
+    """The default data path (a DataLoader shuffled and augmented from the global generators): 2 epochs straight,
+    or 1 epoch and a resume for the second, end with the same weights."""
+    args = [*FEW_IMAGES, "data.num_workers=0", "test=false", "logger=null", "model.net.dropout=0.2"]
+    args += ["model.scheduler.name=constant", "model.scheduler.warmup_epochs=0"]  # the same lr for 1 or 2 epochs
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run_entry("train.py", [*args, "trainer.max_epochs=2", f"hydra.run.dir={straight}"]).returncode == 0
+    assert run_entry("train.py", [*args, "trainer.max_epochs=1", f"hydra.run.dir={split}"]).returncode == 0
+    resumed = run_entry("train.py", [f"resume={split}", "trainer.max_epochs=2"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got, want = final_state(split), final_state(straight)
+    assert got["global_step"] == want["global_step"] == 4
+    for key, value in want["state_dict"].items():
+        assert torch.equal(got["state_dict"][key], value), f"{key} differs from the uninterrupted run"

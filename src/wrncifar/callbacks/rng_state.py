@@ -7,14 +7,18 @@ from typing import Any
 import numpy as np
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torch.utils.data import DataLoader
 
 
 class RNGStateCheckpoint(Callback):
-    """Saves the torch, CUDA, numpy and Python generators with each checkpoint and restores them just before
-    the first step of a resumed run (not at load time: set-up between the two may draw random numbers).
+    """Saves the torch, CUDA, numpy and Python generators with each checkpoint and restores them on resume, at the
+    point where the uninterrupted run would next draw from them.
 
-    Dropout and anything else drawn from the global generators then continues as in the uninterrupted run; the
-    on-device data loader keeps its own seed and position (`DeviceBatches.state_dict`).
+    With a torch DataLoader (the default data path), that is when the checkpoint is loaded: Lightning builds the
+    training loader's iterator — which draws its shuffle and worker seeds — already while `configure_optimizers`
+    counts the steps, before any later hook. With the on-device loader, which draws from its own generator, it is
+    just before the first step (set-up in between may draw). An epoch-end resume is then exact on both paths; a
+    mid-epoch one on the on-device path, which also keeps its loader position (`DeviceBatches.state_dict`).
     """
 
     def __init__(self) -> None:
@@ -28,14 +32,15 @@ class RNGStateCheckpoint(Callback):
         return states
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = dict(state_dict)
-
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._pending is None:
-            return
-        states, self._pending = self._pending, None
+        states = dict(state_dict)
         kind, keys, pos, has_gauss, cached = states["numpy"]
         states["numpy"] = (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
         if not states.get("torch.cuda"):
             states.pop("torch.cuda", None)  # saved without CUDA: leave this process's CUDA generators alone
         _set_rng_states(states)
+        self._pending = states
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        states, self._pending = self._pending, None
+        if states is not None and not isinstance(trainer.train_dataloader, DataLoader):
+            _set_rng_states(states)  # the on-device loader: nothing has drawn for the training data yet
