@@ -17,6 +17,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
+from wrncifar.analysis.output_files import write_file
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.tracking import without_secrets
 
@@ -51,18 +52,20 @@ class CSVLogger(LightningCSVLogger):
         kept = [row for row in rows if not row.get("step") or int(row["step"]) < step]
         if len(kept) == len(rows):
             return
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as f:
-            out = csv.DictWriter(f, fieldnames=header)
-            out.writeheader()
-            out.writerows(kept)
-        os.replace(tmp, path)
+        write_file(path, lambda tmp: _write_rows(tmp, header, kept))
         log.info(
             "%s: %d rows logged from step %d on are dropped; the resumed run logs them again",
             path,
             len(rows) - len(kept),
             step,
         )
+
+
+def _write_rows(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
+    with path.open("w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=header)
+        out.writeheader()
+        out.writerows(rows)
 
 
 class _ContinuingWriter(ExperimentWriter):

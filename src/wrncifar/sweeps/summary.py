@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from wrncifar.analysis.output_files import write_file
 from wrncifar.analysis.run_logs import SweepRun, sweep_runs, varying_overrides
 
 log = logging.getLogger(__name__)
@@ -112,18 +112,12 @@ def write_summary(
     markdown = "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table)
     text = io.StringIO()
     csv.writer(text).writerows([header, *rows])
-    _replace(sweep_dir / SUMMARY_CSV, text.getvalue())
-    _replace(sweep_dir / SUMMARY_MD, f"# Sweep {sweep_dir}\n\n{markdown}\n")
+    # Replaced whole (a temporary file renamed over it): jobs running at once may each rewrite the summary.
+    write_file(sweep_dir / SUMMARY_CSV, lambda tmp: tmp.write_text(text.getvalue()))
+    write_file(sweep_dir / SUMMARY_MD, lambda tmp: tmp.write_text(f"# Sweep {sweep_dir}\n\n{markdown}\n"))
     if not quiet:
         log.info("Sweep summary (%s, best first), also in %s:\n%s", metric, sweep_dir / SUMMARY_MD, markdown)
     return jobs
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write `path` through a temporary file renamed over it: jobs running at once may each rewrite the summary."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class SweepSummary(Callback):
