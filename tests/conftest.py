@@ -57,9 +57,11 @@ def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
     return make
 
 
-def run_entry(script: str, args: list[str], cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python src/<script> …` as a user would, offline, and capture its output."""
-    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+def run_entry(
+    script: str, args: list[str], cwd: Path = ROOT, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python src/<script> …` as a user would, offline, and capture its output; `env` adds variables."""
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run(
         [sys.executable, str(ROOT / "src" / script), *args],
         cwd=cwd,

@@ -3,6 +3,7 @@ a single process at the same global batch; and the distributed set-ups that are 
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -120,3 +121,28 @@ def test_more_cpu_processes_than_cores_are_refused_unless_confirmed(make_config)
         train(cfg)
     trainer = Trainer(accelerator="cpu", devices=99, strategy="ddp", logger=False, enable_progress_bar=False)
     check_launch(trainer, multirun=False, sync_batchnorm=False, oversubscribe=True)  # allow_oversubscription=true
+
+
+def test_a_node_that_never_joins_stops_the_run_at_the_start_timeout(tmp_path: Path) -> None:
+    # Node 0 of a 2-node run, started alone: without the timeout it waits at "Initializing distributed" for
+    # PyTorch's 30-minute collective timeout.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": "0"}
+    args = [
+        "model=wrn_tiny",
+        "data=synthetic",
+        "trainer=ddp_cpu",
+        "trainer.devices=1",
+        "trainer.num_nodes=2",
+        "distributed_start_timeout_s=3",
+        "extras.print_config=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    result = run_entry("train.py", args, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "The 2 processes of this run did not all join within 3 s (distributed_start_timeout_s)" in output
+    assert f"rank 0, meeting the others at 127.0.0.1:{port}" in output
+    assert not (tmp_path / "run" / "checkpoints").exists()

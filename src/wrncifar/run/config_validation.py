@@ -40,6 +40,7 @@ TOP_LEVEL: dict[str, Any] = {
     "ckpt_path": str | None,
     "init_from": str | None,
     "allow_oversubscription": bool,
+    "distributed_start_timeout_s": float,
     "seed": int | None,
     "optimized_metric": str | None,
     "matmul_precision": Literal["highest", "high", "medium"] | None,
@@ -62,6 +63,9 @@ def validate_config(cfg: DictConfig, entry_settings: Mapping[str, type] | None =
     _walk(container, "", problems)
     problems += _training_length_problems(container.get("trainer") or {})
     problems += _accelerator_problems(container.get("trainer") or {})
+    timeout = container.get("distributed_start_timeout_s")
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout <= 0:
+        problems.append(f"distributed_start_timeout_s: must be > 0 seconds, got {timeout}")
     if problems:
         raise ConfigError(
             "invalid config:\n  "

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from wrncifar.run.checkpoints import check_compatible, load_checkpoint, load_network_weights
 from wrncifar.run.config_validation import ConfigError, check_num_classes, validate_config
-from wrncifar.run.distributed import check_launch
+from wrncifar.run.distributed import check_launch, stop_if_group_does_not_form
 from wrncifar.run.loggers import CSVLogger
 from wrncifar.run.resuming import check_not_finished, checkpoint_to_resume
 from wrncifar.run.tracking import continue_tensorboard, group_sweep_jobs, keep_wandb_run, log_run_config
@@ -78,6 +78,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         oversubscribe=bool(cfg.get("allow_oversubscription")),
     )
     log_run_config(trainer, cfg, model)
+    stop_if_group_does_not_form(trainer, float(cfg.get("distributed_start_timeout_s", 300)))
 
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)

@@ -1,0 +1,57 @@
+"""Refuse, before Hydra makes it, a run or sweep folder that cannot be written (a read-only file system, a folder
+without write permission), with one message instead of Hydra's traceback from inside its own start-up."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+
+class WritableRunFolder(Callback):
+    """Hydra callback: the folder a run (`hydra.run.dir`) or sweep (`hydra.sweep.dir`) writes to must be
+    creatable; otherwise the command prints why and exits 1 before anything starts."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _exit_unless_writable(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _exit_unless_writable(config, "hydra.sweep.dir")
+
+
+def unwritable_reason(folder: Path) -> str | None:
+    """Why `folder` could not be created or written to, or None when it can: the nearest existing folder on its
+    path decides (a read-only file system, no write permission, or a file where a folder should be)."""
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if os.access(existing, os.W_OK | os.X_OK):
+        return None
+    flags = os.statvfs(existing).f_flag
+    if flags & os.ST_RDONLY:
+        return f"{existing} is on a read-only file system"
+    return f"{existing} is not writable by this user"
+
+
+def _exit_unless_writable(config: DictConfig, key: str) -> None:
+    try:
+        # Resolved here as Hydra will resolve it ("${now:…}" may differ by microseconds: the same parents).
+        folder = Path(str(OmegaConf.select(config, key, throw_on_missing=True))).expanduser().absolute()
+    except Exception:  # noqa: BLE001 - a key only Hydra can resolve yet: Hydra reports its own problems
+        return
+    reason = unwritable_reason(folder)
+    if reason is not None:
+        print(
+            f"Error: {key}={folder} cannot be created: {reason}. Give a writable folder with {key}=… (or move "
+            "all runs with paths.log_dir=…). Nothing was run.",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)

@@ -1,0 +1,62 @@
+"""A run or sweep folder that cannot be written: one message and exit 1 before anything starts, tested on a real
+read-only file system and a real folder without write permission (user namespaces: no root needed)."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_entry
+
+TINY = ["model=wrn_tiny", "data=synthetic", "trainer.max_epochs=1", "extras.print_config=false"]
+
+
+def _in_namespace(shell: str, *options: str) -> subprocess.CompletedProcess:
+    """Run `shell` in new user and mount namespaces (`unshare`): mounts and permissions without being root."""
+    probe = subprocess.run(["unshare", *options, "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"this kernel does not allow user namespaces (unshare {' '.join(options)}): {probe.stderr}")
+    return subprocess.run(
+        ["unshare", *options, "sh", "-c", shell], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def _train_command(*args: str, multirun: bool = False) -> str:
+    return shlex.join([sys.executable, str(ROOT / "src" / "train.py"), *(["-m"] if multirun else []), *TINY, *args])
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+def test_a_run_folder_on_a_read_only_file_system_is_refused_with_one_message(tmp_path: Path, multirun: bool) -> None:
+    mount = tmp_path / "read_only"
+    mount.mkdir()
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    command = _train_command(f"{key}={mount / 'logs' / 'run'}", multirun=multirun)
+    result = _in_namespace(f"mount -t tmpfs -o ro tmpfs {shlex.quote(str(mount))} && {command}", "-rm")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"Error: {key}={mount / 'logs' / 'run'} cannot be created: {mount} is on a read-only file system" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_run_folder_without_write_permission_is_refused(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    # A user namespace without a uid mapping: the same user, without the power to override file permissions.
+    result = _in_namespace(_train_command(f"hydra.run.dir={locked / 'run'}"), "-U")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"cannot be created: {locked} is not writable by this user" in result.stderr
+    assert not (locked / "run").exists()
+
+
+def test_a_file_in_the_way_of_the_run_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file")
+    result = run_entry("train.py", [*TINY, f"hydra.run.dir={tmp_path / 'taken' / 'run'}"])
+    assert result.returncode == 1
+    assert f"cannot be created: {tmp_path / 'taken'} is a file, not a folder" in result.stderr
+    assert (tmp_path / "taken").read_text() == "a file"
