@@ -11,7 +11,6 @@ import threading
 import time
 
 import torch
-
 from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
