@@ -5,6 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
+# CPU=1: PyTorch's CPU-only wheels (about 0.2 GB) instead of the CUDA build PyPI gives on Linux (about 6 GB).
+CPU ?=
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 
 .DEFAULT_GOAL := help
 .PHONY: help install train smoke test test-fast lint format clean
@@ -13,12 +16,13 @@ ARGS ?=
 help:
 	@awk '/^## /{desc=substr($$0, 4); next} /^[a-z-]+:/{if (desc) {split($$0, t, ":"); printf "  %-10s %s\n", t[1], desc}; desc=""; next} {desc=""}' $(MAKEFILE_LIST)
 
-## Create the virtual environment (VENV, default .venv) and install the project with its dev tools.
+## Create the virtual environment (VENV, default .venv) and install the project; CPU=1 for CPU-only torch.
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
+	$(if $(CPU),$(BIN)/python -m pip install torch torchvision --index-url $(TORCH_CPU_INDEX))
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $(STAMP)
 

@@ -6,8 +6,10 @@ import csv
 import hashlib
 import os
 import pickle
+import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +28,9 @@ from wrncifar.run.command_line import null_group_overrides
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 SHARED_CIFAR100 = ROOT.parent / "shared" / "data" / "cifar100"
+# How long a subprocess of a test may run before it counts as hung. Timeouts catch hangs, they never judge speed:
+# generous, and WRNCIFAR_TEST_TIMEOUT_S raises it further on a slow or busy machine.
+HANG_TIMEOUT_S = float(os.environ.get("WRNCIFAR_TEST_TIMEOUT_S", "1800"))
 
 # Small but complete: every class present, a few images each.
 FAKE_CLASSES = 100
@@ -58,18 +63,25 @@ def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 def run_entry(
-    script: str, args: list[str], cwd: Path = ROOT, timeout: float = 300, env: dict[str, str] | None = None
+    script: str, args: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Run `python src/<script> …` as a user would, offline, and capture its output; `env` adds variables."""
+    """Run `python src/<script> …` as a user would, offline, and capture its output; `env` adds variables.
+
+    The result's `seconds` says how long it took (also printed, so a slow machine's numbers show in the log).
+    """
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", **(env or {})}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "src" / script), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    command = [sys.executable, str(ROOT / "src" / script), *args]
+    start = time.monotonic()
+    try:
+        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(
+            f"{shlex.join(command[1:])} was still running after {HANG_TIMEOUT_S:.0f} s: a hang, or a machine far "
+            "slower than expected (raise WRNCIFAR_TEST_TIMEOUT_S)"
+        ) from err
+    result.seconds = time.monotonic() - start
+    print(f"{script} {' '.join(args)[:200]}: {result.seconds:.1f} s, exit {result.returncode}")
+    return result
 
 
 def quiet_trainer(callbacks: list[Callback] | None = None, **kwargs) -> Trainer:
@@ -161,7 +173,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run_entry(
         "train.py", [*TINY_SYNTHETIC, f"trainer.max_epochs={TRAINED_EPOCHS}", f"hydra.run.dir={run_dir}"]
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, f"after {result.seconds:.0f} s: " + result.stdout[-3000:] + result.stderr[-3000:]
     return run_dir
 
 
@@ -267,7 +279,7 @@ def wandb_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproc
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_TIMEOUT_S,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return sweep_dir, result

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import HANG_TIMEOUT_S
 from wrncifar.bench import all_cases, main
 
 TINY = ["--device", "cpu", "--batch-size", "16", "--steps", "2", "--warmup", "1", "--workers", "0"]
@@ -64,6 +65,6 @@ def test_bad_arguments_exit_with_a_usage_message(args, message, capsys) -> None:
     "command", [[sys.executable, "-m", "wrncifar.bench"], [str(Path(sys.executable).parent / "wrncifar-bench")]]
 )
 def test_the_module_and_the_console_script_are_the_same_command(command: list[str]) -> None:
-    done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: python -m wrncifar.bench") and "--batch-size" in done.stdout

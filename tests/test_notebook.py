@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import ROOT
+from tests.conftest import HANG_TIMEOUT_S, ROOT
 
 NOTEBOOK = ROOT / "notebooks" / "analysis.ipynb"
 KERNEL = "wrncifar-tests"
@@ -58,7 +58,7 @@ def test_the_notebook_runs_on_a_tiny_run_and_draws_its_figures(
     client = NotebookClient(
         notebook,
         kernel_name=this_interpreters_kernel,
-        timeout=300,
+        timeout=HANG_TIMEOUT_S,
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},  # Jupyter starts a notebook in its folder
     )
     client.execute()  # raises CellExecutionError, with the cell and its traceback, if any cell fails

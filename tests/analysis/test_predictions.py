@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -69,3 +71,11 @@ def test_predict_runs_in_eval_mode_and_restores_the_mode() -> None:
     first = predict(net, batches())["plain"].log_probs
     assert net.training  # restored
     torch.testing.assert_close(predict(net, batches())["plain"].log_probs, first)  # BatchNorm running stats, no update
+
+
+def test_a_long_prediction_pass_logs_its_progress(caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="wrncifar.analysis.predictions"):
+        predict(tiny_network(), batches(), every_n_seconds=1e-9)  # a line is due after every batch
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" · ")[1] for line in lines] == ["batch 1/3", "batch 2/3", "batch 3/3"]
+    assert all(line.startswith("Predictions for the report") and " · ends in " in line for line in lines)

@@ -16,7 +16,14 @@ import pytest
 import torch
 from torchvision.datasets import CIFAR100
 
-from tests.conftest import FAKE_CLASSES, FAKE_TEST_PER_CLASS, FAKE_TRAIN_PER_CLASS, SHARED_CIFAR100, fake_images
+from tests.conftest import (
+    FAKE_CLASSES,
+    FAKE_TEST_PER_CLASS,
+    FAKE_TRAIN_PER_CLASS,
+    HANG_TIMEOUT_S,
+    SHARED_CIFAR100,
+    fake_images,
+)
 from wrncifar.data.cifar100 import CIFAR100DataModule
 from wrncifar.data.cifar100_sources import CorruptDatasetError, DatasetNotFoundError
 from wrncifar.data.transforms import CIFAR100_MEAN, CIFAR100_STD
@@ -345,7 +352,7 @@ def run_with_read_only(folder: Path, argv: list[str], env: dict[str, str]) -> su
         argv = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", remount, str(folder), *argv]
     else:
         folder.chmod(0o555)
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import wrncifar.run.checkpoints as checkpointing
+from tests.conftest import HANG_TIMEOUT_S
 from wrncifar.models.classifier import ImageClassifier
 from wrncifar.models.wideresnet import WideResNet
 from wrncifar.run.checkpoints import (
@@ -60,7 +61,9 @@ except CheckpointWriteError as err:
 
 def test_a_write_that_runs_out_of_space_keeps_the_previous_checkpoint_and_leaves_no_temporary(tmp_path) -> None:
     path = tmp_path / "last.ckpt"
-    done = subprocess.run([sys.executable, "-c", LIMITED_SAVE, str(path)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", LIMITED_SAVE, str(path)], capture_output=True, text=True, timeout=HANG_TIMEOUT_S
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"could not write checkpoint {path} (the write stopped short" in done.stdout
     assert "free some disk space (or raise the file-size limit, ulimit -f), then resume" in done.stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_entry
+from tests.conftest import HANG_TIMEOUT_S, ROOT, run_entry
 
 TINY = ["model=wrn_tiny", "data=synthetic", "trainer.max_epochs=1", "extras.print_config=false"]
 
@@ -21,7 +21,7 @@ def _in_namespace(shell: str, *options: str) -> subprocess.CompletedProcess:
     if probe.returncode != 0:
         pytest.skip(f"this kernel does not allow user namespaces (unshare {' '.join(options)}): {probe.stderr}")
     return subprocess.run(
-        ["unshare", *options, "sh", "-c", shell], cwd=ROOT, capture_output=True, text=True, timeout=300
+        ["unshare", *options, "sh", "-c", shell], cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S
     )
 
 

@@ -14,7 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import FEW_IMAGES, ROOT, isolated_wandb_env, read_metrics, wandb_records
+from tests.conftest import FEW_IMAGES, HANG_TIMEOUT_S, ROOT, isolated_wandb_env, read_metrics, wandb_records
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.loggers import WandbLogger, wandb_mode
 from wrncifar.run.tracking import REDACTED, git_state, without_secrets
@@ -163,7 +163,7 @@ def ddp_run_with_a_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_TIMEOUT_S,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return run_dir, home, result

@@ -7,7 +7,9 @@ mirrored image.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -15,6 +17,10 @@ from typing import Literal
 
 import torch
 from torch import nn
+
+from wrncifar.callbacks.progress_bar import format_duration
+
+log = logging.getLogger(__name__)
 
 TTA = Literal["none", "flip"]
 
@@ -32,11 +38,13 @@ def predict(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     tta: TTA = "none",
     forward_context: Callable[[], AbstractContextManager] = nullcontext,
+    every_n_seconds: float = 30.0,
 ) -> dict[str, Predictions]:
     """`{"plain": …}` for every (images, labels) batch, and `"flip"` beside it when `tta="flip"`.
 
     Runs `model` in eval mode on the device of its parameters; `forward_context` wraps each forward pass
     (a trainer's autocast, for instance). Images are N×C×H×W, so a horizontal flip reverses the last axis.
+    A pass longer than `every_n_seconds` logs a progress line every `every_n_seconds`.
     """
     device = next(model.parameters()).device
     plain: list[torch.Tensor] = []
@@ -44,15 +52,22 @@ def predict(
     labels: list[torch.Tensor] = []
     was_training = model.training
     model.eval()
+    total = len(batches) if hasattr(batches, "__len__") else None
+    start = last_line = time.perf_counter()
     try:
         with torch.inference_mode():
-            for images, targets in batches:
+            for done, (images, targets) in enumerate(batches, start=1):
                 images = images.to(device, non_blocking=True)
                 with forward_context():
                     plain.append(model(images).float().log_softmax(dim=1).cpu())
                     if tta == "flip":
                         flipped.append(model(images.flip(-1)).float().log_softmax(dim=1).cpu())
                 labels.append(targets.cpu())
+                now = time.perf_counter()
+                if now - last_line >= every_n_seconds:
+                    last_line = now
+                    left = f" · ends in {format_duration((total - done) * (now - start) / done)}" if total else ""
+                    log.info("Predictions for the report · batch %d%s%s", done, f"/{total}" if total else "", left)
     finally:
         model.train(was_training)
     all_labels = torch.cat(labels)

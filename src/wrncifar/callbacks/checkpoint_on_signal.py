@@ -50,6 +50,6 @@ class CheckpointOnSignal(Callback):
         if not isinstance(exception, SIGTERMException):
             return
         path = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state: a resume continues from it
         exception.signum = self.signum or signal.SIGTERM  # the entry point exits with 128 + signum
         log.warning("Stopped by a signal after step %d; saved %s", trainer.global_step, path)

@@ -25,7 +25,6 @@ from wrncifar.run.checkpoints import CheckpointError, CheckpointWriteError
 from wrncifar.run.command_line import absolute_paths
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.distributed import log_files_on_rank_zero_only
-from wrncifar.run.extras import apply_extras
 from wrncifar.run.fit_and_test import NonFiniteMetricError
 from wrncifar.run.folder_lock import FolderInUseError, hold_run_folder
 from wrncifar.run.tracking import redact_secrets_in_logs
@@ -68,7 +67,6 @@ def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
         # Rank 0 holds the run folder; under DDP the other ranks work in the same one.
         with hold_run_folder(cfg.paths.output_dir) if rank_zero_only.rank == 0 else nullcontext():
             absolute_paths(cfg)
-            apply_extras(cfg)
             result = task(cfg)
         failed = False
     except USER_ERRORS as err:

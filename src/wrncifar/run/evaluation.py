@@ -24,6 +24,8 @@ from wrncifar.run.checkpoints import (
     read_checkpoint_file,
 )
 from wrncifar.run.config_validation import ConfigError, check_num_classes, validate_config
+from wrncifar.run.console import quiet_console
+from wrncifar.run.extras import apply_extras
 from wrncifar.run.fit_and_test import instantiate_group, metrics_as_floats
 from wrncifar.run.trusted_targets import check_targets
 
@@ -64,6 +66,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"ckpt_path={given} is not a file: pass ckpt_path=<run_dir>/checkpoints/<name>.ckpt")
     adopt_training_run_config(cfg, ckpt_path)
     validate_config(cfg, {"eval": ReportSettings})
+    quiet_console(evaluation=True)
+    apply_extras(cfg)  # the config tree is printed once it is known to be valid: an error comes first
     settings = ReportSettings(**cfg.get("eval", {}))
 
     datamodule: LightningDataModule = instantiate(cfg.data)

@@ -19,7 +19,9 @@ from omegaconf import DictConfig
 
 from wrncifar.run.checkpoints import check_compatible, load_checkpoint, load_network_weights
 from wrncifar.run.config_validation import ConfigError, check_num_classes, validate_config
+from wrncifar.run.console import quiet_console
 from wrncifar.run.distributed import check_launch, stop_if_group_does_not_form
+from wrncifar.run.extras import apply_extras
 from wrncifar.run.loggers import CSVLogger
 from wrncifar.run.resuming import check_not_finished, checkpoint_to_resume
 from wrncifar.run.tracking import continue_tensorboard, group_sweep_jobs, keep_wandb_run, log_run_config
@@ -34,6 +36,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     With `train=false test=true ckpt_path=…` it only tests that checkpoint.
     """
     validate_config(cfg)
+    quiet_console()
+    apply_extras(cfg)  # the config tree is printed once it is known to be valid: an error comes first
     if cfg.get("seed") is not None:
         seed_everything(cfg.seed, workers=True)
     if cfg.get("matmul_precision"):

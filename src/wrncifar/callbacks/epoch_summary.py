@@ -1,0 +1,122 @@
+"""What a run tells its researcher as it goes: how long it will take, measured on its first steps, and one line
+per epoch (losses, accuracies, lr, speed, time left) in the console and the run's log file."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.accelerators import CPUAccelerator
+
+from wrncifar.callbacks.images_per_second import images_in_batch
+from wrncifar.callbacks.progress_bar import epoch_count, format_duration, format_metrics
+
+log = logging.getLogger(__name__)
+
+SUMMARY_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best")
+
+
+class EpochSummary(Callback):
+    """Logs, on rank 0:
+
+    - once, after `measure_steps` steps (the first step, which waits for data and compilation, not counted): the
+      time per step and what it makes of the whole run; on the CPU, when that exceeds `cpu_warning_hours`, a
+      warning that says what to run instead;
+    - after each epoch: its time (training and validation), `SUMMARY_METRICS`, the lr, images/s and the time left.
+    """
+
+    def __init__(self, measure_steps: int = 10, cpu_warning_hours: float = 1.0) -> None:
+        if measure_steps < 1:
+            raise ValueError(f"measure_steps must be >= 1, got {measure_steps}")
+        self.measure_steps = measure_steps
+        self.cpu_warning_hours = cpu_warning_hours
+        self._measured = False
+        self._steps_seen = 0
+        self._window_start = 0.0
+        self._window_images = 0
+        self._epoch_start = 0.0
+        self._train_end = 0.0
+        self._images = 0
+        self._validated = False
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._measured, self._steps_seen = False, 0
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._epoch_start = self._train_end = time.perf_counter()
+        self._images, self._validated = 0, False
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._images += images_in_batch(batch)
+        self._train_end = time.perf_counter()
+        if self._measured or not trainer.is_global_zero:
+            return
+        self._steps_seen += 1
+        if self._steps_seen == 1:  # waits for data and, once, for compilation: not a typical step
+            self._window_start, self._window_images = _device_time(pl_module), 0
+            return
+        self._window_images += images_in_batch(batch)
+        if self._steps_seen == self.measure_steps + 1:
+            self._measured = True
+            seconds = _device_time(pl_module) - self._window_start
+            self._log_estimate(trainer, seconds / self.measure_steps, self._window_images / seconds)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._validated = self._validated or not trainer.sanity_checking
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        now = time.perf_counter()
+        train_time, epoch_time = self._train_end - self._epoch_start, now - self._epoch_start
+        names = SUMMARY_METRICS if self._validated else SUMMARY_METRICS[:2]
+        metrics = {name: trainer.callback_metrics[name] for name in names if name in trainer.callback_metrics}
+        parts = [
+            f"Epoch {trainer.current_epoch + 1}/{epoch_count(trainer)} done in {format_duration(epoch_time)}"
+            + (f" (validation {format_duration(now - self._train_end)})" if self._validated else ""),
+            format_metrics(metrics),
+        ]
+        if trainer.optimizers:
+            parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.4g}")
+        if train_time > 0:
+            parts.append(f"{self._images / train_time:,.0f} images/s")
+        batches = trainer.num_training_batches
+        remaining = _remaining_batches(trainer)
+        if remaining > 0 and 0 < batches < float("inf"):
+            parts.append(f"run ends in ~{format_duration(remaining * epoch_time / batches)}")
+        log.info(" · ".join(p for p in parts if p))
+
+    def _log_estimate(self, trainer: Trainer, per_step: float, images_per_second: float) -> None:
+        remaining = _remaining_batches(trainer)
+        total = format_duration(remaining * per_step)
+        log.info(
+            "Measured %.3g s per step (%s images/s): the %d steps left of this run should take about %s, "
+            "validation not counted",
+            per_step,
+            f"{images_per_second:,.0f}",
+            remaining,
+            total,
+        )
+        if isinstance(trainer.accelerator, CPUAccelerator) and remaining * per_step > 3600 * self.cpu_warning_hours:
+            log.warning(
+                "This run trains on the CPU and would take about %s. To check a set-up in a minute: make smoke "
+                "(model=wrn_tiny data=synthetic); for the full recipe, a GPU (trainer=gpu; minutes per run, see "
+                "docs/benchmarks.md).",
+                total,
+            )
+
+
+def _device_time(pl_module: LightningModule) -> float:
+    """The host clock once the device has finished its queued work (one sync, twice per run)."""
+    if pl_module.device.type == "cuda":
+        torch.cuda.synchronize(pl_module.device)
+    return time.perf_counter()
+
+
+def _remaining_batches(trainer: Trainer) -> float:
+    return (trainer.estimated_stepping_batches - trainer.global_step) * trainer.accumulate_grad_batches
