@@ -9,9 +9,10 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
-from tests.conftest import CONFIGS, run_entry
+from tests.conftest import CONFIGS, FEW_IMAGES, read_metrics, run_entry
 from wrncifar.run.config_validation import ConfigError, validate_config
-from wrncifar.run.fit_and_test import instantiate_group
+from wrncifar.run.entry import run
+from wrncifar.run.fit_and_test import instantiate_group, train_for_sweep
 
 # Trainer options made for GPUs are instantiated on the CPU here; everything else in them is kept.
 ON_CPU = ["trainer.accelerator=cpu", "trainer.devices=1"]
@@ -24,9 +25,9 @@ def options(group: str) -> list[str]:
 def test_every_group_has_the_documented_options() -> None:
     assert {"cifar100", "synthetic"} <= set(options("data"))
     assert {"wrn", "wrn_tiny"} <= set(options("model"))
-    assert {"default", "cpu", "gpu", "ddp", "ddp_cpu"} <= set(options("trainer"))
+    assert {"default", "cpu", "gpu", "mps", "ddp", "ddp_cpu"} <= set(options("trainer"))
     assert {"csv", "tensorboard", "wandb", "many_loggers"} <= set(options("logger"))
-    assert {"default", "none"} <= set(options("callbacks"))
+    assert {"default", "none", "early_stopping"} <= set(options("callbacks"))
     assert {"fdr", "limit", "overfit", "profiler"} <= set(options("debug"))
     assert "wrn_cifar100" in options("experiment")
 
@@ -52,14 +53,20 @@ def test_model_config_nests_the_network_under_net(make_config) -> None:
     assert model.net.fc.in_features == 32 and model.net.block1.dropout.p == 0.2
 
 
+# What each accelerator of the trainer options needs: whether this machine has it, and the start of the message
+# the config check gives without it.
+GPUS = {
+    "gpu": (torch.cuda.is_available, r"trainer\.accelerator: gpu, but this machine has no CUDA GPU.*trainer=cpu"),
+    "mps": (torch.backends.mps.is_available, r"trainer\.accelerator: mps, but this machine has no Apple GPU.*trainer="),
+}
+
+
 @pytest.mark.parametrize("option", options("trainer"))
 def test_trainer_options_instantiate(make_config, option: str) -> None:
     cfg = make_config([f"trainer={option}"])
-    needs_a_gpu = cfg.trainer.accelerator == "gpu"
-    if needs_a_gpu and not torch.cuda.is_available():
-        with pytest.raises(
-            ConfigError, match=r"trainer\.accelerator: gpu, but this machine has no CUDA GPU.*trainer=cpu"
-        ):
+    needs_a_gpu = cfg.trainer.accelerator in GPUS
+    if needs_a_gpu and not GPUS[cfg.trainer.accelerator][0]():
+        with pytest.raises(ConfigError, match=GPUS[cfg.trainer.accelerator][1]):
             validate_config(cfg)
     else:
         validate_config(cfg)
@@ -127,6 +134,7 @@ EXPECTED_CALLBACKS = {
     "throughput": DEFAULT_CALLBACKS | {"ImageThroughputMonitor"},
     "throughput_monitor": {"ImageThroughputMonitor"},
     "ema": DEFAULT_CALLBACKS | {"ExponentialMovingAverage"},
+    "early_stopping": DEFAULT_CALLBACKS | {"EarlyStopping"},
     "images_per_second": {"ImagesPerSecond"},
     "model_checkpoint": {"ModelCheckpoint"},
     "last_checkpoint": {"ModelCheckpoint"},
@@ -150,6 +158,24 @@ def test_callback_options_instantiate(make_config, option: str) -> None:
     validate_config(cfg)
     names = {type(c).__name__ for c in instantiate_group(cfg.callbacks)}
     assert names == EXPECTED_CALLBACKS[option]
+
+
+def test_early_stopping_watches_the_metric_the_best_checkpoint_is_chosen_by(make_config) -> None:
+    callbacks = make_config(["callbacks=early_stopping"]).callbacks
+    stopping, checkpoint = callbacks.early_stopping, callbacks.model_checkpoint
+    assert (stopping.monitor, stopping.mode) == (checkpoint.monitor, checkpoint.mode) == ("val/acc", "max")
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_a_run_that_stops_improving(make_config, tmp_path: Path) -> None:
+    # val/acc is a share: with min_delta=1 no epoch after the first improves on it, and patience=1 stops at the
+    # second validation, three epochs before trainer.max_epochs.
+    stop_early = ["callbacks.early_stopping.min_delta=1", "callbacks.early_stopping.patience=1"]
+    cfg = make_config([*FEW_IMAGES, "callbacks=early_stopping", *stop_early, "trainer.max_epochs=5"])
+    run(train_for_sweep, cfg)
+    rows = read_metrics(tmp_path)
+    assert sorted({int(row["epoch"]) for row in rows if row.get("val/acc")}) == [0, 1]
+    assert any(row.get("test/acc") for row in rows), "the best checkpoint is still tested"
 
 
 @pytest.mark.parametrize("option", options("experiment"))

@@ -4,6 +4,7 @@ import hashlib
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -167,6 +168,19 @@ def test_missing_data_with_no_network_fails_with_the_same_guidance(tmp_path, mon
     monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
     with pytest.raises(DatasetNotFoundError, match=r"download failed.*data=synthetic"):
         datamodule(tmp_path, download=True)
+
+
+def test_a_failed_download_into_a_mistyped_folder_leaves_no_folder_behind(tmp_path, monkeypatch) -> None:
+    # A port nothing listens on: the real download code fails to connect, as it does offline.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setattr(CIFAR100, "url", f"http://127.0.0.1:{port}/{CIFAR100.filename}")
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="download failed"):
+        datamodule(tmp_path / "data" / "cifra100" / "v1", download=True)
+    assert list((tmp_path / "data").iterdir()) == []  # the folders made for the download are gone
+    assert (tmp_path / "data").is_dir()  # the folder that was there stays
 
 
 def write_array_export(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HANG_TIMEOUT_S, ROOT, run_entry
+from wrncifar.run.run_folder import remove_if_nothing_ran
 
 TINY = ["model=wrn_tiny", "data=synthetic", "trainer.max_epochs=1", "extras.print_config=false"]
 
@@ -60,3 +61,33 @@ def test_a_file_in_the_way_of_the_run_folder_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"cannot be created: {tmp_path / 'taken'} is a file, not a folder" in result.stderr
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+@pytest.mark.parametrize(
+    "mistake",
+    [["data.data_dir={tmp}/mistyped/cifar", "data.download=false"], ["data=synthetic", "data.batch_size=0"]],
+    ids=["missing data", "bad value"],
+)
+def test_a_run_that_stops_before_training_leaves_no_folder(tmp_path: Path, mistake: list[str]) -> None:
+    run_dir = tmp_path / "run"
+    args = ["model=wrn_tiny", *(m.format(tmp=tmp_path) for m in mistake), f"hydra.run.dir={run_dir}"]
+    result = run_entry("train.py", args)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"Nothing ran: the run folder {run_dir} (its configs and this log) was removed" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither the run folder nor the mistyped data folder
+
+
+def test_a_folder_with_anything_else_in_it_is_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    (folder / ".hydra").mkdir(parents=True)
+    for name in (".hydra/config.yaml", "train.log", ".run.lock"):
+        (folder / name).write_text("")
+    (folder / "notes.txt").write_text("the user's own notes")
+    assert not remove_if_nothing_ran(folder, "train.log")
+    assert (folder / "notes.txt").read_text() == "the user's own notes"
+    (folder / "notes.txt").unlink()
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"a resumed run's state")
+    assert not remove_if_nothing_ran(folder, "train.log")
+    (folder / "checkpoints" / "last.ckpt").unlink()
+    assert remove_if_nothing_ran(folder, "train.log") and not folder.exists()

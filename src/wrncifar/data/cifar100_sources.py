@@ -106,16 +106,37 @@ def prepare_cifar100(data_dir: str | Path, download: bool) -> str:
         return "official"
     if download:
         archive = official_archive(data_dir)
+        created = _missing_folders(data_dir)  # torchvision makes them for the download
         try:
             CIFAR100(str(data_dir), train=True, download=True)
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             _set_aside(archive)  # a partial download
+            _remove_empty(created)  # a mistyped data_dir leaves no folder behind
             raise DatasetNotFoundError(_missing_message(data_dir, f"and the download failed ({err})")) from err
         except RuntimeError as err:  # torchvision's "File not found or corrupted.": the md5 of the download differs
             raise CorruptDatasetError(_corrupt_download_message(archive)) from err
         _verify_official_folder(data_dir)
         return "official"
     raise DatasetNotFoundError(_missing_message(data_dir, "and download is off (data.download=false)"))
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for path in (folder.absolute(), *folder.absolute().parents):
+        if path.exists():
+            break
+        missing.append(path)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) as long as they are empty; a folder with anything in it stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _corrupt_download_message(archive: Path) -> str:

@@ -14,11 +14,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from wrncifar.run.checkpoints import CheckpointError
-from wrncifar.run.config_validation import ConfigError
-from wrncifar.run.folder_lock import FolderInUseError
-from wrncifar.run.resuming import resume_overrides
-
 # Groups with a default option that a user may switch off. Hydra rejects `group=null` once the group has a
 # default (`~group` is its spelling), but `logger=null` is what lightning-hydra-template users type.
 SWITCHABLE_GROUPS = ("logger", "callbacks")
@@ -60,7 +55,14 @@ def hydra_arguments(args: list[str], resumable: bool) -> list[str]:
     """`args` with, when `resumable`, `resume=<run_dir>` expanded (see `resume_overrides`), then paths quoted
     (`quote_path`) and `null_group_overrides` applied. A folder that cannot be resumed (not a run, or a run still
     running) prints its message and exits 1: Hydra has not set up logging yet, so there is no log file for it."""
-    if resumable:
+    if resumable and any(arg.startswith("resume=") for arg in args):
+        # Imported only here: they load torch and Lightning, and a command without resume= should reach Hydra's
+        # own checks (a mistyped key, a missing option) in a second, not after those imports.
+        from wrncifar.run.checkpoints import CheckpointError
+        from wrncifar.run.config_validation import ConfigError
+        from wrncifar.run.folder_lock import FolderInUseError
+        from wrncifar.run.resuming import resume_overrides
+
         try:
             args = resume_overrides(args)
         except (CheckpointError, ConfigError, FolderInUseError) as err:

@@ -1,9 +1,11 @@
-"""Refuse, before Hydra makes it, a run or sweep folder that cannot be written (a read-only file system, a folder
-without write permission), with one message instead of Hydra's traceback from inside its own start-up."""
+"""The run folder's beginning and end when a run cannot go on: refused, before Hydra makes it, when it cannot be
+written (a read-only file system, a folder without write permission), with one message instead of Hydra's
+traceback; removed when the run stopped before training with nothing in it but its configs and log."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,3 +57,30 @@ def _exit_unless_writable(config: DictConfig, key: str) -> None:
             file=sys.stderr,
         )
         raise SystemExit(1)
+
+
+# What a run writes before its first training step: the folder of a run that failed before that holds these only.
+BEFORE_TRAINING = {
+    ".run.lock",
+    ".hydra/config.yaml",
+    ".hydra/hydra.yaml",
+    ".hydra/overrides.yaml",
+    "config_tree.log",
+    "tags.log",
+    "csv/hparams.yaml",
+}
+
+
+def remove_if_nothing_ran(folder: Path, log_name: str) -> bool:
+    """Remove the run folder `folder` when it holds nothing but what a run writes before training
+    (`BEFORE_TRAINING` and its log file `log_name`): a run stopped by a config error or missing data then leaves
+    no folder for tools to mistake for a run. Anything else in it (a checkpoint, metrics, a resumed run's history,
+    a file of the user's) keeps it. Returns whether it was removed."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+    links = [p for p in folder.rglob("*") if p.is_symlink()]
+    if links or not files <= BEFORE_TRAINING | {log_name}:
+        return False
+    shutil.rmtree(folder)
+    return True
