@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
+
+from wrncifar.run.project_root import project_environment
+
+# First, before torch loads: `paths.root_dir` resolves to the checkout holding this file, wherever the command is
+# run from, and the checkout's `.env` adds the variables the environment does not set (README: Machine settings).
+os.environ.update(project_environment(__file__))
 
 import hydra
 from omegaconf import DictConfig
@@ -12,9 +17,6 @@ from omegaconf import DictConfig
 from wrncifar.run.command_line import hydra_arguments
 from wrncifar.run.entry import run
 from wrncifar.run.fit_and_test import train_for_sweep
-
-# `paths.root_dir` resolves to the checkout holding this file, wherever the command is run from.
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train.yaml")

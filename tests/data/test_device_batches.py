@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import types
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,13 @@ from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tests.conftest import quiet_trainer
-from wrncifar.data.device_batches import DeviceBatches, DeviceMemoryError, check_fits_on_device
+from wrncifar.data.device_batches import (
+    DeviceBatches,
+    DeviceMemoryError,
+    EpochDraw,
+    EpochSampler,
+    check_fits_on_device,
+)
 from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
 from wrncifar.data.transforms import CIFAR100_MEAN, CIFAR100_STD, eval_transform, train_transform
 from wrncifar.models.classifier import ImageClassifier
@@ -181,6 +188,19 @@ def test_drop_last_serves_only_full_batches() -> None:
     assert len(batches) == len(served) == 50 // 8
     assert all(len(labels) == 8 for _, labels in served)
     assert len(set(labels_of(served).tolist())) == 48
+
+
+def test_on_an_accelerator_without_generators_of_its_own_the_epoch_is_drawn_on_the_cpu() -> None:
+    # MPS (Apple GPUs), whose randperm is not uniform, is absent here. PyTorch's `meta` device stands in for it: neither
+    # the CPU nor CUDA, and with no generator of its own. The CPU's draw is copied there and the batches cut there.
+    sampler = EpochSampler(seed=3, shuffle=True, crop_padding=PADDING, flip=True, cutout=8)
+    on_meta, on_cpu = sampler.draw(50, torch.device("meta")), sampler.draw(50, torch.device("cpu"))
+    for field in fields(EpochDraw):
+        drawn, on_the_cpu = getattr(on_meta, field.name), getattr(on_cpu, field.name)
+        assert drawn.device.type == "meta" and (drawn.shape, drawn.dtype) == (on_the_cpu.shape, on_the_cpu.dtype)
+    images, labels = random_images(50).to("meta"), torch.arange(50, device="meta")
+    batches = DeviceBatches(images, labels, 8, CIFAR100_MEAN, CIFAR100_STD, train=True, cutout=8)
+    assert [tuple(images.shape) for images, _ in epoch(batches, 0)] == [(8, 3, 32, 32)] * 6 + [(2, 3, 32, 32)]
 
 
 # --- resuming -------------------------------------------------------------------------------------------------

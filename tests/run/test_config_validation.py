@@ -92,3 +92,24 @@ def test_a_gpu_asked_for_without_one_says_so_and_what_to_use(make_config, monkey
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
     with pytest.raises(ConfigError, match=r"trainer\.accelerator: gpu, but this machine has no CUDA GPU .*trainer=cpu"):
         validate_config(make_config(["trainer=gpu"]))
+
+
+def test_an_apple_gpu_asked_for_without_one_says_so_and_what_to_use(make_config, monkeypatch) -> None:
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)  # as on this Linux machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(
+        ConfigError,
+        match=r"trainer\.accelerator: mps, but this machine has no Apple GPU .*train on the CPU with trainer=cpu",
+    ):
+        validate_config(make_config(["trainer=mps"]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a CUDA machine: its GPU is the advice
+    with pytest.raises(ConfigError, match=r"no Apple GPU .*train on a CUDA GPU with trainer=gpu"):
+        validate_config(make_config(["trainer=mps"]))
+
+
+def test_a_cuda_gpu_asked_for_on_a_mac_points_to_its_apple_gpu(make_config, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    with pytest.raises(ConfigError, match=r"no CUDA GPU .*trainer=cpu .*for this Mac's Apple GPU, trainer=mps"):
+        validate_config(make_config(["trainer=gpu"]))
+    validate_config(make_config(["trainer=mps"]))  # and the Apple GPU itself is accepted

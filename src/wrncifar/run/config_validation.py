@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 # Types of the top-level keys of the entry configs (those without a `_target_` to read them from).
 TOP_LEVEL: dict[str, Any] = {
     "task_name": str,
-    "tags": list[str],
+    "tags": list[str] | None,  # null or []: none (extras.enforce_tags asks for them)
     "train": bool,
     "test": bool,
     "ckpt_path": str | None,
@@ -96,10 +96,18 @@ def _accelerator_problems(trainer: Mapping[str, Any]) -> list[str]:
     """A GPU asked for on a machine without one: said plainly, with what to use, before Lightning's own error."""
     accelerator = trainer.get("accelerator")
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        on_a_mac = "; for this Mac's Apple GPU, trainer=mps" if torch.backends.mps.is_available() else ""
         return [
             f"trainer.accelerator: {accelerator}, but this machine has no CUDA GPU that torch {torch.__version__} "
             "can use: train on the CPU with trainer=cpu (or trainer.accelerator=auto, which picks a GPU when there "
-            "is one)"
+            f"is one){on_a_mac}"
+        ]
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        instead = "a CUDA GPU with trainer=gpu" if torch.cuda.is_available() else "the CPU with trainer=cpu"
+        return [
+            f"trainer.accelerator: mps, but this machine has no Apple GPU that torch {torch.__version__} can use "
+            "(MPS needs Apple silicon, macOS 12.3 or later and a torch built with MPS): train on "
+            f"{instead} (or trainer.accelerator=auto, which picks a GPU when there is one)"
         ]
     return []
 
