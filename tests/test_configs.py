@@ -114,8 +114,9 @@ def test_callbacks_none_also_switches_off_lightnings_implicit_checkpoint(make_co
 DEFAULT_CALLBACKS = {
     "ModelCheckpoint",
     "LearningRateMonitor",
-    "RichProgressBar",
-    "RichModelSummary",
+    "PlainProgressBar",  # the console is not a terminal under pytest
+    "EpochSummary",
+    "ModelSummary",
     "ImagesPerSecond",
     "RNGStateCheckpoint",
     "CheckpointOnSignal",
@@ -139,8 +140,9 @@ EXPECTED_CALLBACKS = {
     "model_checkpoint": {"ModelCheckpoint"},
     "last_checkpoint": {"ModelCheckpoint"},
     "lr_monitor": {"LearningRateMonitor"},
-    "rich_progress_bar": {"RichProgressBar"},
-    "rich_model_summary": {"RichModelSummary"},
+    "rich_progress_bar": {"PlainProgressBar"},
+    "epoch_summary": {"EpochSummary"},
+    "rich_model_summary": {"ModelSummary"},
     "dataset_sizes": {"DatasetSizes"},
     "gpu_memory": {"GpuMemory"},
     "wandb_media": {"WandbMedia"},
