@@ -15,12 +15,15 @@ import hydra
 from omegaconf import DictConfig
 
 from wrncifar.run.command_line import hydra_arguments
-from wrncifar.run.entry import run
-from wrncifar.run.evaluation import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="eval.yaml")
 def main(cfg: DictConfig) -> None:
+    # Imported here, once Hydra has read the command line: torch and Lightning take seconds to load, and a
+    # mistyped key or option should not wait for them.
+    from wrncifar.run.entry import run
+    from wrncifar.run.evaluation import evaluate
+
     run(evaluate, cfg)
 
 
