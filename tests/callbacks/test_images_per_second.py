@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import CSVLogger
 
 import wrncifar.callbacks.images_per_second as images_per_second
+from tests.conftest import TRAINED_EPOCHS, read_metrics
 from wrncifar.callbacks.images_per_second import ImagesPerSecond
 from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
 from wrncifar.models.classifier import ImageClassifier
@@ -32,11 +35,11 @@ def small_data() -> SyntheticCIFAR100DataModule:
     )
 
 
-def fit(callback, tmp_path, **kwargs) -> Trainer:
+def fit(callback: Callback | list[Callback], tmp_path, max_epochs: int = 1, **kwargs) -> Trainer:
     trainer = Trainer(
         accelerator="cpu",
-        max_epochs=1,
-        callbacks=[callback],
+        max_epochs=max_epochs,
+        callbacks=callback if isinstance(callback, list) else [callback],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
@@ -47,14 +50,40 @@ def fit(callback, tmp_path, **kwargs) -> Trainer:
     return trainer
 
 
-def test_images_per_second_is_images_over_host_time_of_a_window(tmp_path, monkeypatch) -> None:
+def half_a_second_per_reading(monkeypatch) -> None:
+    """Each reading of the callback's clock advances it by half a second: 8 images per step make 16 images/s."""
     ticks = iter(range(1000))
-    # Each reading of the callback's clock advances it by half a second.
     monkeypatch.setattr(images_per_second, "time", SimpleNamespace(perf_counter=lambda: next(ticks) * 0.5))
+
+
+def test_images_per_second_is_images_over_host_time_of_a_window(tmp_path, monkeypatch) -> None:
+    half_a_second_per_reading(monkeypatch)
     trainer = fit(ImagesPerSecond(window=3), tmp_path, logger=False)
     # 3 steps of 8 images between readings 1.5 s apart (the first step of the epoch only starts the clock).
     assert trainer.callback_metrics["train/images_per_sec"].item() == pytest.approx(3 * BATCH / 1.5)
     assert "train/images_per_sec" in trainer.progress_bar_metrics
+
+
+def logged_rates(run_dir: Path) -> tuple[list[int], list[float]]:
+    rows = [r for r in read_metrics(run_dir) if r.get("train/images_per_sec")]
+    return [int(r["step"]) for r in rows], [float(r["train/images_per_sec"]) for r in rows]
+
+
+def test_each_window_and_each_epochs_rest_are_logged_at_their_step(tmp_path, monkeypatch) -> None:
+    half_a_second_per_reading(monkeypatch)
+    logger = CSVLogger(tmp_path, name="csv", version="")
+    fit(ImagesPerSecond(window=5), tmp_path, max_epochs=2, logger=logger, log_every_n_steps=50)
+    # 12 steps an epoch: the first starts the clock, steps 1-5 and 6-10 are windows, step 11 is the epoch's rest;
+    # none of them is a step log_every_n_steps=50 logs.
+    assert logged_rates(tmp_path) == ([5, 10, 11, 17, 22, 23], [16.0] * 6)
+
+
+@pytest.mark.slow
+def test_a_run_shorter_than_the_window_logs_its_rate_once_an_epoch(trained_run: Path) -> None:
+    steps, rates = logged_rates(trained_run)
+    epoch_ends = [int(r["step"]) for r in read_metrics(trained_run) if r["train/loss"]]  # 3 epochs of 16 steps
+    assert len(epoch_ends) == TRAINED_EPOCHS and steps == epoch_ends
+    assert all(rate > 0 for rate in rates)
 
 
 def test_images_per_second_rejects_an_empty_window() -> None:

@@ -38,19 +38,25 @@ RUN_PANELS = {
 }
 SWEEP_PANELS = {"loss": ("train/loss", "val/loss"), "top-1 accuracy": ("val/acc",), "top-5 accuracy": ("val/acc_top5",)}
 LR_PREFIX = "lr-"  # LearningRateMonitor's keys: lr-SGD, lr-SGD/pg1, …
+MARKERS_UP_TO = 20  # points: a series this short (a run of a few epochs) gets a marker at each one
 
 
 def run_figure(run_dir: Path) -> Figure:
-    """Loss, top-1 and top-5 accuracy per epoch (test values as a star at the last epoch) and the learning rate
-    per step, of one run."""
+    """Loss, top-1 and top-5 accuracy per epoch (test values as a star at the last trained epoch) and the learning
+    rate per step, of one run."""
     per_epoch, per_step = epoch_metrics(run_dir), step_metrics(run_dir)
     fig, axes = _figure(f"{Path(run_dir).name}: training curves")
     for ax, (title, keys) in zip(axes, RUN_PANELS.items(), strict=False):
         for key in keys:
-            if key in per_epoch:
-                epochs, values = per_epoch[key]
-                style = {"marker": "*", "markersize": 10, "linestyle": "none"} if key.startswith("test/") else {}
-                ax.plot(epochs, values, label=key, **style)
+            if key not in per_epoch:
+                continue
+            epochs, values = per_epoch[key]
+            if key.startswith("test/"):
+                # Lightning's epoch counter has moved past the last trained epoch when testing starts: the CSV
+                # records the test at the number of epochs trained, one past the last epoch's index.
+                ax.plot(np.maximum(epochs - 1, 0), values, "*", markersize=10, label=key)
+            else:
+                _plot_series(ax, epochs, values, label=key)
         _finish_panel(ax, title, "epoch")
     _plot_learning_rates(axes[3], per_step, label_prefix="")
     return fig
@@ -72,8 +78,8 @@ def sweep_figure(sweep_dir: Path) -> Figure:
             for key in keys:
                 if key in per_epoch:
                     dashed = key.startswith("train/")
-                    ax.plot(*per_epoch[key], color=colour, linestyle="--" if dashed else "-",
-                            label=f"{label} ({key})" if dashed else label)  # fmt: skip
+                    _plot_series(ax, *per_epoch[key], color=colour, linestyle="--" if dashed else "-",
+                                 label=f"{label} ({key})" if dashed else label)  # fmt: skip
         _plot_learning_rates(axes[3], step_metrics(run.run_dir), label_prefix=f"{label} ", colour=colour)
     for ax, title in zip(axes, SWEEP_PANELS, strict=False):
         _finish_panel(ax, title, "epoch")
@@ -88,14 +94,22 @@ def _figure(title: str) -> tuple[Figure, list[Axes]]:
 
 def _plot_learning_rates(ax: Axes, per_step: Series, label_prefix: str, colour: str | None = None) -> None:
     for key in sorted(k for k in per_step if k.startswith(LR_PREFIX)):
-        steps, values = per_step[key]
-        ax.plot(steps, values, label=f"{label_prefix}{key}", color=colour)
+        _plot_series(ax, *per_step[key], label=f"{label_prefix}{key}", color=colour)
     _finish_panel(ax, "learning rate", "step")
+
+
+def _plot_series(ax: Axes, x: np.ndarray, y: np.ndarray, **style) -> None:
+    """A line, with a marker at each point when there are few: a line through one point draws nothing, and on a
+    short run the points are what there is to read."""
+    if len(x) <= MARKERS_UP_TO:
+        style = {"marker": "o", "markersize": 4, **style}
+    ax.plot(x, y, **style)
 
 
 def _finish_panel(ax: Axes, title: str, xlabel: str) -> None:
     ax.set(title=title, xlabel=xlabel)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole numbers
+    # Epochs and steps are whole numbers; min_n_ticks=1 keeps that when a 1-epoch run spans a single one.
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize=7)

@@ -1,4 +1,4 @@
-"""Training speed on the progress bar: images/s from the host clock, without host–device syncs."""
+"""Training speed on the progress bar and in the logs: images/s from the host clock, without host–device syncs."""
 
 from __future__ import annotations
 
@@ -7,15 +7,27 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+KEY = "train/images_per_sec"
+
 
 def images_in_batch(batch: Any) -> int:
     """The number of images of an (images, labels) batch."""
     return len(batch[0])
 
 
-class ImagesPerSecond(Callback):
-    """Logs `train/images_per_sec` (progress bar and loggers), averaged over windows of `window` steps.
+def is_last_batch_of_epoch(trainer: Trainer, batch_idx: int) -> bool:
+    """Whether `batch_idx` is the training epoch's last batch: its count (after `limit_train_batches`) is reached,
+    or a loader of unknown length has run out (Lightning knows it one batch ahead)."""
+    return batch_idx + 1 >= trainer.num_training_batches or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
+
+class ImagesPerSecond(Callback):
+    """Logs `train/images_per_sec`, averaged over windows of `window` steps and over the rest of each epoch after
+    the last full window: an epoch shorter than the window still gets a value (from two steps on; an epoch's first
+    step only starts the clock).
+
+    Each value goes to the loggers at the step whose end it measures, whatever `log_every_n_steps` (Lightning
+    would log it only on those steps, late and repeated), and to the progress bar.
     Reads the host clock only: a GPU runs ahead of the host by a bounded queue, so over a window the host's
     rate is the device's rate, and no step waits for the device.
     """
@@ -40,7 +52,11 @@ class ImagesPerSecond(Callback):
             return
         self._images += images_in_batch(batch)
         self._steps += 1
-        if self._steps == self.window:
+        if self._steps == self.window or is_last_batch_of_epoch(trainer, batch_idx):
             rate = self._images / (now - self._start)
-            pl_module.log("train/images_per_sec", rate, on_step=True, on_epoch=False, prog_bar=True)
+            pl_module.log(KEY, rate, on_step=True, on_epoch=False, prog_bar=True, logger=False)
+            # The step this batch ran as, on the axis Lightning's own logs use (the LearningRateMonitor's too).
+            step = trainer.fit_loop.epoch_loop._batches_that_stepped
+            for logger in trainer.loggers:
+                logger.log_metrics({KEY: rate}, step=step)
             self._start, self._images, self._steps = now, 0, 0
