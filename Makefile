@@ -10,7 +10,7 @@ CPU ?=
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 
 .DEFAULT_GOAL := help
-.PHONY: help install train smoke test test-fast lint format clean
+.PHONY: help install train smoke test test-fast lint format clean slurm-up slurm-down
 
 ## List the targets with what each does.
 help:
@@ -51,6 +51,14 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+## Start a two-node SLURM cluster on this machine, as the tests do (installs Debian's packages; root).
+slurm-up:
+	$(PYTHON) -m tests.slurm.cluster up
+
+## Stop the cluster of `make slurm-up`.
+slurm-down:
+	$(PYTHON) -m tests.slurm.cluster down
 
 ## Remove logs and tool caches (not the virtual environment).
 clean:
