@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import http.server
 import os
 import pickle
 import shlex
 import subprocess
 import sys
+import tarfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +24,14 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, open_dict
-from torchvision.datasets import CIFAR100
+from torchvision.datasets import CIFAR10, CIFAR100
 
 from wrncifar.run.command_line import null_group_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 SHARED_CIFAR100 = ROOT.parent / "shared" / "data" / "cifar100"
+SHARED_CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10"  # not staged on the development machines (yet)
 # How long a subprocess of a test may run before it counts as hung. Timeouts catch hangs, they never judge speed:
 # generous, and WRNCIFAR_TEST_TIMEOUT_S raises it further on a slow or busy machine.
 HANG_TIMEOUT_S = float(os.environ.get("WRNCIFAR_TEST_TIMEOUT_S", "1800"))
@@ -36,6 +40,10 @@ HANG_TIMEOUT_S = float(os.environ.get("WRNCIFAR_TEST_TIMEOUT_S", "1800"))
 FAKE_CLASSES = 100
 FAKE_TRAIN_PER_CLASS = 8
 FAKE_TEST_PER_CLASS = 2
+# The CIFAR-10-format folder: its 10 classes, spread over the five training batch files as in the official release.
+FAKE_CIFAR10_CLASSES = 10
+FAKE_CIFAR10_TRAIN_PER_CLASS = 10
+FAKE_CIFAR10_TEST_PER_CLASS = 4
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
@@ -126,6 +134,35 @@ def write_cifar_folder(root: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def write_cifar10_folder(root: Path) -> dict[str, np.ndarray]:
+    """Write `root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}` in the official pickle format
+    (`labels`, `label_names`); return the raw arrays, the training images in the order of the batch files."""
+    folder = root / CIFAR10.base_folder
+    folder.mkdir(parents=True)
+    arrays = {}
+    splits = [("train", FAKE_CIFAR10_TRAIN_PER_CLASS, 5), ("test", FAKE_CIFAR10_TEST_PER_CLASS, 6)]
+    for split, per_class, seed in splits:
+        labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(FAKE_CIFAR10_CLASSES), per_class))
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = fake_images(len(labels), seed), labels
+    names = [name for name, _ in CIFAR10.train_list]
+    batches = zip(names, np.array_split(np.arange(len(arrays["train_labels"])), len(names)), strict=True)
+    for name, rows in [*batches, ("test_batch", np.arange(len(arrays["test_labels"])))]:
+        split = "test" if name == "test_batch" else "train"
+        images, labels = arrays[f"{split}_images"][rows], arrays[f"{split}_labels"][rows]
+        entry = {
+            "batch_label": f"{name} of 5" if split == "train" else "testing batch 1 of 1",
+            "labels": labels.tolist(),
+            "data": images.transpose(0, 3, 1, 2).reshape(len(labels), -1),  # official layout: rows of CHW
+            "filenames": [f"image_{i}.png" for i in rows],
+        }
+        with (folder / name).open("wb") as f:
+            pickle.dump(entry, f)
+    meta = {"num_cases_per_batch": len(arrays["train_labels"]) // len(names), "num_vis": 3072}
+    with (folder / "batches.meta").open("wb") as f:
+        pickle.dump({**meta, "label_names": [f"fake10_{i}" for i in range(FAKE_CIFAR10_CLASSES)]}, f)
+    return arrays
+
+
 def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
@@ -141,6 +178,66 @@ def cifar_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path,
     monkeypatch.setattr(CIFAR100, "test_list", [["test", md5(folder / "test")]])
     monkeypatch.setattr(CIFAR100, "meta", {**CIFAR100.meta, "md5": md5(folder / "meta")})
     return data_dir, arrays
+
+
+@pytest.fixture
+def cifar10_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, np.ndarray]]:
+    """A CIFAR-10-format folder whose md5s torchvision expects: only the expected checksums are swapped,
+    every reading and checking path is the real one."""
+    data_dir = tmp_path / "data10"
+    arrays = write_cifar10_folder(data_dir)
+    folder = data_dir / CIFAR10.base_folder
+    monkeypatch.setattr(CIFAR10, "train_list", [[name, md5(folder / name)] for name, _ in CIFAR10.train_list])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5(folder / "test_batch")]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5(folder / "batches.meta")})
+    return data_dir, arrays
+
+
+class ArchiveServer(http.server.BaseHTTPRequestHandler):
+    """Answers every GET and HEAD with `body` (set per test): the real download code talks to it on 127.0.0.1."""
+
+    body = b""
+    requests = 0
+
+    def do_HEAD(self) -> None:  # torchvision resolves redirects with a HEAD request first
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        type(self).requests += 1
+        self.do_HEAD()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def serve_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path, type], bytes]]:
+    """`serve(data_dir, dataset_class)`: point the download URL of torchvision's `dataset_class` (CIFAR10, CIFAR100)
+    at a local HTTP server answering with `ArchiveServer.body`, and its expected archive md5 at the tar.gz of the
+    official folder under `data_dir`; returns that good archive's bytes."""
+    servers = []
+
+    def serve(data_dir: Path, dataset_class: type) -> bytes:
+        archive = tmp_path / f"served-{dataset_class.filename}"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(data_dir / dataset_class.base_folder, arcname=dataset_class.base_folder)
+        good = archive.read_bytes()
+        monkeypatch.setattr(dataset_class, "tgz_md5", hashlib.md5(good).hexdigest())
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ArchiveServer)
+        server.handle_error = lambda request, address: None  # a client closing early is no test failure
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        monkeypatch.setattr(dataset_class, "url", f"http://127.0.0.1:{server.server_port}/{dataset_class.filename}")
+        ArchiveServer.requests = 0
+        return good
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
 # The tiny model on a small synthetic set: a few seconds an epoch on 2 cores, and it learns.

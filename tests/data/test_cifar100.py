@@ -1,14 +1,12 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import urllib.error
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from tests.conftest import (
     FAKE_TRAIN_PER_CLASS,
     HANG_TIMEOUT_S,
     SHARED_CIFAR100,
+    ArchiveServer,
     fake_images,
 )
 from wrncifar.data.cifar100 import CIFAR100DataModule
@@ -272,50 +271,16 @@ def test_real_cifar100_arrays_split_45000_5000_10000_balanced() -> None:
     torch.testing.assert_close(pixels.std(dim=(0, 2, 3)), torch.tensor(CIFAR100_STD), atol=1e-4, rtol=0)
 
 
-class _ArchiveServer(http.server.BaseHTTPRequestHandler):
-    """Answers every GET and HEAD with `body` (set per test): the real download code talks to it on 127.0.0.1."""
-
-    body = b""
-    requests = 0
-
-    def do_HEAD(self) -> None:  # torchvision resolves redirects with a HEAD request first
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-
-    def do_GET(self) -> None:
-        type(self).requests += 1
-        self.do_HEAD()
-        self.wfile.write(self.body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
-def archive_server(cifar_folder, tmp_path, monkeypatch):
+def archive_server(cifar_folder, serve_archive) -> bytes:
     """A local HTTP server that CIFAR100's download URL points at, and the good archive's bytes."""
-    data_dir, _ = cifar_folder
-    archive = tmp_path / "served.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(data_dir / CIFAR100.base_folder, arcname=CIFAR100.base_folder)
-    good = archive.read_bytes()
-    monkeypatch.setattr(CIFAR100, "tgz_md5", hashlib.md5(good).hexdigest())
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ArchiveServer)
-    server.handle_error = lambda request, address: None  # a client closing early is no test failure
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setattr(CIFAR100, "url", f"http://127.0.0.1:{server.server_port}/{CIFAR100.filename}")
-    _ArchiveServer.requests = 0
-    yield good
-    server.shutdown()
-    server.server_close()
+    return serve_archive(cifar_folder[0], CIFAR100)
 
 
 def test_a_download_is_md5_checked_extracted_and_read(archive_server, tmp_path) -> None:
-    _ArchiveServer.body = archive_server
+    ArchiveServer.body = archive_server
     dm = datamodule(tmp_path / "fresh", download=True)
-    assert len(dm.test_set) == FAKE_CLASSES * FAKE_TEST_PER_CLASS and _ArchiveServer.requests > 0
+    assert len(dm.test_set) == FAKE_CLASSES * FAKE_TEST_PER_CLASS and ArchiveServer.requests > 0
 
 
 @pytest.mark.parametrize(
@@ -326,22 +291,22 @@ def test_a_download_is_md5_checked_extracted_and_read(archive_server, tmp_path) 
     ],
 )
 def test_a_corrupt_download_is_named_on_the_first_run_and_set_aside(archive_server, tmp_path, body, what) -> None:
-    _ArchiveServer.body = body(archive_server)
+    ArchiveServer.body = body(archive_server)
     data_dir = tmp_path / "fresh"
     with pytest.raises(CorruptDatasetError) as err:
         datamodule(data_dir, download=True)
     message = str(err.value)
-    digest = hashlib.md5(_ArchiveServer.body).hexdigest()
+    digest = hashlib.md5(ArchiveServer.body).hexdigest()
     assert f"{CIFAR100.url} is {what}" in message
-    assert f"{len(_ArchiveServer.body):,} bytes with md5 {digest}, expected md5 {CIFAR100.tgz_md5}" in message
+    assert f"{len(ArchiveServer.body):,} bytes with md5 {digest}, expected md5 {CIFAR100.tgz_md5}" in message
     (aside,) = data_dir.glob(f"{CIFAR100.filename}.corrupt-*")
-    assert aside.read_bytes() == _ArchiveServer.body and f"moved to {aside}" in message
+    assert aside.read_bytes() == ArchiveServer.body and f"moved to {aside}" in message
     assert not (data_dir / CIFAR100.filename).exists()
 
-    _ArchiveServer.body = archive_server  # the next run downloads again, and this time gets the archive
-    first_requests = _ArchiveServer.requests
+    ArchiveServer.body = archive_server  # the next run downloads again, and this time gets the archive
+    first_requests = ArchiveServer.requests
     assert len(datamodule(data_dir, download=True).test_set) == FAKE_CLASSES * FAKE_TEST_PER_CLASS
-    assert _ArchiveServer.requests > first_requests
+    assert ArchiveServer.requests > first_requests
 
 
 # Run where the data folder cannot be written. Root ignores permission bits, so under root the check runs in a
@@ -355,8 +320,10 @@ data_dir, md5s = Path(sys.argv[1]), json.loads(sys.argv[2])
 CIFAR100.tgz_md5 = md5s["tgz"]
 CIFAR100.train_list, CIFAR100.test_list = [["train", md5s["train"]]], [["test", md5s["test"]]]
 CIFAR100.meta = {**CIFAR100.meta, "md5": md5s["meta"]}
-from wrncifar.data.cifar100_sources import load_cifar100, prepare_cifar100
-print(prepare_cifar100(data_dir, download=False), len(load_cifar100(data_dir).test_labels))
+from wrncifar.data.cifar100_sources import load_cifar, prepare_cifar
+from wrncifar.data.cifar_releases import CIFAR100_RELEASE
+source = prepare_cifar(data_dir, CIFAR100_RELEASE, download=False)
+print(source, len(load_cifar(data_dir, CIFAR100_RELEASE).test_labels))
 """
 
 

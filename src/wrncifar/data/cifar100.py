@@ -1,4 +1,10 @@
-"""CIFAR-100 as a LightningDataModule: a stratified 45,000 / 5,000 train/val split and the official test set."""
+"""CIFAR-100 as a LightningDataModule: a stratified 45,000 / 5,000 train/val split and the official test set.
+
+`CIFAR100DataModule` is also the base of the other datamodules (`CIFAR10DataModule` in `cifar10.py`, the synthetic
+stand-in): a subclass names another `release` (`cifar_releases`) or overrides `load_arrays`, and keeps the split,
+loaders, augmentation and on-device path. Its name and module stay as they were: run folders and checkpoints name
+them.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,10 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from wrncifar.data.arrays import ImageArrays, stratified_split
-from wrncifar.data.cifar100_sources import load_cifar100, prepare_cifar100
+from wrncifar.data.cifar100_sources import load_cifar, prepare_cifar
+from wrncifar.data.cifar_releases import CIFAR100_RELEASE, CIFARRelease
 from wrncifar.data.device_batches import DeviceBatches, check_fits_on_device
 from wrncifar.data.transforms import (
-    CIFAR100_MEAN,
-    CIFAR100_STD,
     CUTOUT_PLACEMENTS,
     IMAGE_SIZE,
     PADDING_MODES,
@@ -78,7 +83,8 @@ def eval_sampler(dataset: Dataset, trainer: Trainer | None) -> UnrepeatedDistrib
 
 
 class CIFAR100DataModule(LightningDataModule):
-    """CIFAR-100 from `data_dir` (see `cifar100_sources` for the accepted layouts).
+    """CIFAR-100 from `data_dir` (see `cifar100_sources` for the accepted layouts); another CIFAR release in a
+    subclass that sets `release`.
 
     Args:
         data_dir: folder holding the dataset, or where torchvision downloads it.
@@ -87,7 +93,7 @@ class CIFAR100DataModule(LightningDataModule):
         num_workers: loader worker processes; None picks one per CPU core (at most 8).
         pin_memory: page-locked host memory for faster copies to a GPU (ignored without CUDA).
         persistent_workers: keep workers alive between epochs (ignored with 0 workers).
-        val_per_class: training images of each class held out for validation (50 → 45,000 / 5,000).
+        val_per_class: training images of each class held out for validation (50 → 45,000 / 5,000 for CIFAR-100).
         split_seed: seed of the validation split; the same seed gives the same split on every run.
         download: download through torchvision when no copy is found.
         crop_padding: padding before the random 32×32 training crop (0 disables the crop).
@@ -102,9 +108,11 @@ class CIFAR100DataModule(LightningDataModule):
         drop_last: drop the last incomplete training batch of each epoch (one batch shape suits torch.compile).
         on_device: keep the uint8 images on the training device and batch, augment and normalise them there
             (`DeviceBatches`); no loader workers. The fast path on a GPU; on CPU it batches without workers.
+        num_classes: the dataset's classes, stated in the config so that the model's can follow it
+            (`model.net.num_classes: ${data.num_classes}`); must be the release's (100 here). None: the release's.
     """
 
-    num_classes = 100
+    release: CIFARRelease = CIFAR100_RELEASE  # what prepare_data and load_arrays find, check and read
 
     def __init__(
         self,
@@ -125,8 +133,17 @@ class CIFAR100DataModule(LightningDataModule):
         on_device: bool = False,
         crop_padding_mode: PaddingMode = "reflect",
         cutout_placement: CutoutPlacement = "centre",
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
+        release = self.release
+        if num_classes is not None and num_classes != release.num_classes:
+            raise ValueError(
+                f"num_classes: {release.name} has {release.num_classes} classes, got {num_classes}. The model follows "
+                f"data.num_classes: leave it at {release.num_classes}, and choose another dataset with data= "
+                "(data=cifar10, data=cifar100)"
+            )
+        self.num_classes = release.num_classes
         for name, value in [("batch_size", batch_size), ("val_per_class", val_per_class)]:
             require_positive_int(name, value)
         if eval_batch_size is not None:
@@ -172,12 +189,14 @@ class CIFAR100DataModule(LightningDataModule):
         self.train_tf = train_transform(
             crop_padding,
             flip,
+            mean=release.mean,
+            std=release.std,
             policy=policy,
             cutout=cutout,
             crop_padding_mode=crop_padding_mode,
             cutout_placement=cutout_placement,
         )
-        self.eval_tf = eval_transform()
+        self.eval_tf = eval_transform(release.mean, release.std)
         self.classes: tuple[str, ...] = ()
         # CIFAR-100's 20 coarse classes and the one each fine class belongs to; empty for data without them.
         self.superclasses: tuple[str, ...] = ()
@@ -189,10 +208,10 @@ class CIFAR100DataModule(LightningDataModule):
         self._train_batches_state: dict[str, Any] | None = None  # its position from a checkpoint, until then
 
     def prepare_data(self) -> None:
-        prepare_cifar100(self.data_dir, self.download)
+        prepare_cifar(self.data_dir, self.release, self.download)
 
     def load_arrays(self) -> ImageArrays:
-        return load_cifar100(self.data_dir)
+        return load_cifar(self.data_dir, self.release)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -264,8 +283,8 @@ class CIFAR100DataModule(LightningDataModule):
             dataset.images.to(device),
             dataset.labels.to(device),
             batch_size,
-            mean=CIFAR100_MEAN,
-            std=CIFAR100_STD,
+            mean=self.release.mean,
+            std=self.release.std,
             train=train,
             crop_padding=self.crop_padding,
             flip=self.flip,

@@ -1,14 +1,18 @@
-"""Find, verify and read CIFAR-100 on disk, downloading it through torchvision only when nothing is there.
+"""Find, verify and read a CIFAR release (CIFAR-100, CIFAR-10: `cifar_releases`) on disk, downloading it through
+torchvision only when nothing is there. One code path for both; the module keeps the name it had when CIFAR-100
+was the only release (run/entry.py and older code import its errors from here).
 
-Sources, in the order they are looked for under `data_dir`:
-1. the array export: `train.npz`, `test.npz`, `meta.json` (checked against `SHA256SUMS` when present);
-2. the official `cifar-100-python/` folder (checked against torchvision's md5s);
-3. the official `cifar-100-python.tar.gz` archive (md5-checked, then extracted next to it, or into this user's
-   cache when the folder is read-only: `extraction_dir`);
+Sources, in the order they are looked for under `data_dir` (names for CIFAR-100 / CIFAR-10):
+1. the array export: `train.npz`, `test.npz`, `meta.json` (checked against `SHA256SUMS` when present). The npz files
+   hold `data` (uint8 N×32×32×3, HWC) and the labels under the official pickles' key, `fine_labels` / `labels`;
+   `meta.json` holds the class names under the official meta file's key, `fine_label_names` / `label_names`;
+2. the official `cifar-100-python/` / `cifar-10-batches-py/` folder (checked against torchvision's md5s);
+3. the official `cifar-100-python.tar.gz` / `cifar-10-python.tar.gz` archive (md5-checked, then extracted next to
+   it, or into this user's cache when the folder is read-only: `extraction_dir`);
 4. a download by torchvision (md5-checked), when `download=True`.
 A corrupt file raises `CorruptDatasetError` naming it; nothing is ever deleted or overwritten. The one exception is
 a download of this project's own that arrived corrupt: it is moved aside (`<name>.corrupt-<time>`), not reused.
-Both layouts also carry CIFAR-100's 20 superclasses (coarse labels and their names); they are read when present.
+CIFAR-100's layouts also carry its 20 superclasses (coarse labels and their names); they are read when present.
 """
 
 from __future__ import annotations
@@ -26,15 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torchvision.datasets import CIFAR100
 from torchvision.datasets.utils import check_integrity, extract_archive
 
 from wrncifar.data.arrays import ImageArrays, superclass_of_each_class
+from wrncifar.data.cifar_releases import CIFARRelease
 
 log = logging.getLogger(__name__)
 
 ARRAY_FILES = ("train.npz", "test.npz", "meta.json")
-NUM_CLASSES = 100
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -45,17 +48,17 @@ class CorruptDatasetError(RuntimeError):
     """A dataset file exists but fails its checksum or cannot be read."""
 
 
-def official_folder(data_dir: Path) -> Path:
+def official_folder(data_dir: Path, release: CIFARRelease) -> Path:
     """Where torchvision keeps the extracted official release."""
-    return data_dir / CIFAR100.base_folder
+    return data_dir / release.base_folder
 
 
-def official_archive(data_dir: Path) -> Path:
-    """Where the official `cifar-100-python.tar.gz` is looked for (and downloaded to)."""
-    return data_dir / CIFAR100.filename
+def official_archive(data_dir: Path, release: CIFARRelease) -> Path:
+    """Where the official archive (`cifar-100-python.tar.gz`) is looked for (and downloaded to)."""
+    return data_dir / release.filename
 
 
-def extraction_dir(data_dir: Path) -> Path:
+def extraction_dir(data_dir: Path, release: CIFARRelease) -> Path:
     """Where the archive found in `data_dir` is extracted: beside it, or, when `data_dir` is not writable (a shared
     read-only dataset folder on a cluster), in this user's cache, one folder per archive location:
     `$WRNCIFAR_CACHE_DIR`, else `$XDG_CACHE_HOME/wrncifar`, else `~/.cache/wrncifar`."""
@@ -63,7 +66,7 @@ def extraction_dir(data_dir: Path) -> Path:
         return data_dir
     cache = os.environ.get("WRNCIFAR_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "wrncifar"
     key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
-    return Path(cache).expanduser() / f"cifar100-{key}"
+    return Path(cache).expanduser() / f"{release.slug}-{key}"
 
 
 def has_array_export(data_dir: Path) -> bool:
@@ -71,8 +74,8 @@ def has_array_export(data_dir: Path) -> bool:
     return all((data_dir / name).is_file() for name in ARRAY_FILES)
 
 
-def prepare_cifar100(data_dir: str | Path, download: bool) -> str:
-    """Make sure a verified copy exists under `data_dir`; return which source will be read."""
+def prepare_cifar(data_dir: str | Path, release: CIFARRelease, download: bool) -> str:
+    """Make sure a verified copy of `release` exists under `data_dir`; return which source will be read."""
     data_dir = Path(data_dir)
     if has_array_export(data_dir):
         _verify_array_export(data_dir)
@@ -85,39 +88,39 @@ def prepare_cifar100(data_dir: str | Path, download: bool) -> str:
             f"{', '.join(missing)}. Restore the missing file(s) from the copy it came from, or remove the array "
             "files to use the official release instead"
         )
-    if official_folder(data_dir).is_dir():
-        _verify_official_folder(data_dir)
+    if official_folder(data_dir, release).is_dir():
+        _verify_official_folder(data_dir, release)
         return "official"
-    if official_archive(data_dir).is_file():
-        archive, target = official_archive(data_dir), extraction_dir(data_dir)
-        if official_folder(target).is_dir():  # extracted into the cache by an earlier run
-            _verify_official_folder(target)
+    if official_archive(data_dir, release).is_file():
+        archive, target = official_archive(data_dir, release), extraction_dir(data_dir, release)
+        if official_folder(target, release).is_dir():  # extracted into the cache by an earlier run
+            _verify_official_folder(target, release)
             return "official"
-        if not check_integrity(str(archive), CIFAR100.tgz_md5):
+        if not check_integrity(str(archive), release.tgz_md5):
             raise CorruptDatasetError(
-                f"{archive} fails its md5 check (expected {CIFAR100.tgz_md5}): the archive is truncated or corrupt. "
-                "Replace it with a fresh copy of cifar-100-python.tar.gz; it was left untouched."
+                f"{archive} fails its md5 check (expected {release.tgz_md5}): the archive is truncated or corrupt. "
+                f"Replace it with a fresh copy of {release.filename}; it was left untouched."
             )
         if target != data_dir:
             log.warning("%s is not writable: extracting %s into %s", data_dir, archive.name, target)
         target.mkdir(parents=True, exist_ok=True)
         extract_archive(str(archive), str(target))
-        _verify_official_folder(target)
+        _verify_official_folder(target, release)
         return "official"
     if download:
-        archive = official_archive(data_dir)
+        archive = official_archive(data_dir, release)
         created = _missing_folders(data_dir)  # torchvision makes them for the download
         try:
-            CIFAR100(str(data_dir), train=True, download=True)
+            release.torchvision_class(str(data_dir), train=True, download=True)
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             _set_aside(archive)  # a partial download
             _remove_empty(created)  # a mistyped data_dir leaves no folder behind
-            raise DatasetNotFoundError(_missing_message(data_dir, f"and the download failed ({err})")) from err
+            raise DatasetNotFoundError(_missing_message(data_dir, release, f"and the download failed ({err})")) from err
         except RuntimeError as err:  # torchvision's "File not found or corrupted.": the md5 of the download differs
-            raise CorruptDatasetError(_corrupt_download_message(archive)) from err
-        _verify_official_folder(data_dir)
+            raise CorruptDatasetError(_corrupt_download_message(archive, release)) from err
+        _verify_official_folder(data_dir, release)
         return "official"
-    raise DatasetNotFoundError(_missing_message(data_dir, "and download is off (data.download=false)"))
+    raise DatasetNotFoundError(_missing_message(data_dir, release, "and download is off (data.download=false)"))
 
 
 def _missing_folders(folder: Path) -> list[Path]:
@@ -139,20 +142,20 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
-def _corrupt_download_message(archive: Path) -> str:
+def _corrupt_download_message(archive: Path, release: CIFARRelease) -> str:
     """Describe the archive torchvision downloaded and found corrupt, and move it aside: it is this project's own
     download, and leaving it would make the next run read it instead of downloading again."""
     if not archive.is_file():
-        return f"the download of {CIFAR100.url} to {archive} failed its check and left no file; try again"
+        return f"the download of {release.url} to {archive} failed its check and left no file; try again"
     size, md5 = archive.stat().st_size, _file_hash(archive, hashlib.md5())
     with archive.open("rb") as f:
         html = f.read(512).lstrip().lower().startswith((b"<!doctype html", b"<html"))
     aside = _set_aside(archive)
     what = "an HTML page, not the archive (a proxy or login page?)" if html else "truncated or corrupt"
     return (
-        f"the download of {CIFAR100.url} is {what}: {size:,} bytes with md5 {md5}, expected md5 {CIFAR100.tgz_md5}. "
+        f"the download of {release.url} is {what}: {size:,} bytes with md5 {md5}, expected md5 {release.tgz_md5}. "
         f"It was moved to {aside}, so the next run downloads it again. If that keeps failing, download "
-        f"{CIFAR100.filename} yourself and place it at {archive}, or point data.data_dir at a folder that has it."
+        f"{release.filename} yourself and place it at {archive}, or point data.data_dir at a folder that has it."
     )
 
 
@@ -165,34 +168,34 @@ def _set_aside(path: Path) -> Path | None:
     return aside
 
 
-def load_cifar100(data_dir: str | Path) -> ImageArrays:
-    """Read the copy `prepare_cifar100` verified (without re-hashing it)."""
+def load_cifar(data_dir: str | Path, release: CIFARRelease) -> ImageArrays:
+    """Read the copy of `release` that `prepare_cifar` verified (without re-hashing it)."""
     data_dir = Path(data_dir)
     if has_array_export(data_dir):
-        return _read_array_export(data_dir)
-    if official_folder(data_dir).is_dir():
-        return _read_official_folder(data_dir)
-    if official_archive(data_dir).is_file() and official_folder(extraction_dir(data_dir)).is_dir():
-        return _read_official_folder(extraction_dir(data_dir))
-    raise DatasetNotFoundError(_missing_message(data_dir, "(prepare_data was not run?)"))
+        return _read_array_export(data_dir, release)
+    if official_folder(data_dir, release).is_dir():
+        return _read_official_folder(data_dir, release)
+    cache = extraction_dir(data_dir, release)
+    if official_archive(data_dir, release).is_file() and official_folder(cache, release).is_dir():
+        return _read_official_folder(cache, release)
+    raise DatasetNotFoundError(_missing_message(data_dir, release, "(prepare_data was not run?)"))
 
 
-def _missing_message(data_dir: Path, why: str) -> str:
+def _missing_message(data_dir: Path, release: CIFARRelease, why: str) -> str:
     return (
-        f"CIFAR-100 not found in {data_dir.resolve()} {why}. Looked for: the array export "
-        f"({', '.join(ARRAY_FILES)}), the official folder {CIFAR100.base_folder}/ and the archive {CIFAR100.filename}. "
+        f"{release.name} not found in {data_dir.resolve()} {why}. Looked for: the array export "
+        f"({', '.join(ARRAY_FILES)}), the official folder {release.base_folder}/ and the archive {release.filename}. "
         f"Place one of them there, point data.data_dir at a folder that has one, or run offline with data=synthetic."
     )
 
 
-def _verify_official_folder(data_dir: Path) -> None:
-    folder = official_folder(data_dir)
-    expected = [*CIFAR100.train_list, *CIFAR100.test_list, [CIFAR100.meta["filename"], CIFAR100.meta["md5"]]]
-    for name, md5 in expected:
+def _verify_official_folder(data_dir: Path, release: CIFARRelease) -> None:
+    folder = official_folder(data_dir, release)
+    for name, md5 in release.official_files():
         path = folder / name
         if not path.is_file():
             raise CorruptDatasetError(
-                f"{path} is missing from the CIFAR-100 folder {folder}; restore it or remove the folder."
+                f"{path} is missing from the {release.name} folder {folder}; restore it or remove the folder."
             )
         if not check_integrity(str(path), md5):
             raise CorruptDatasetError(
@@ -201,17 +204,19 @@ def _verify_official_folder(data_dir: Path) -> None:
             )
 
 
-def _read_official_folder(data_dir: Path) -> ImageArrays:
-    # torchvision's own reader; it re-checks the md5s and raises if they fail. It keeps only the fine labels,
-    # so the coarse ones are read from the same (verified) pickles.
-    train = CIFAR100(str(data_dir), train=True, download=False)
-    test = CIFAR100(str(data_dir), train=False, download=False)
-    folder = official_folder(data_dir)
+def _read_official_folder(data_dir: Path, release: CIFARRelease) -> ImageArrays:
+    # torchvision's own reader; it re-checks the md5s and raises if they fail. It keeps only the (fine) labels,
+    # so CIFAR-100's coarse ones are read from the same (verified) pickles, when the meta file names them.
+    train = release.torchvision_class(str(data_dir), train=True, download=False)
+    test = release.torchvision_class(str(data_dir), train=False, download=False)
+    folder = official_folder(data_dir, release)
     train_labels = np.asarray(train.targets, dtype=np.int64)
     test_labels = np.asarray(test.targets, dtype=np.int64)
-    names = _unpickle(folder / CIFAR100.meta["filename"]).get("coarse_label_names", [])
-    coarse = [_unpickle(folder / name).get("coarse_labels") for name, _ in (*CIFAR100.train_list, *CIFAR100.test_list)]
-    superclasses, fine_to_coarse = _superclasses(names, np.concatenate([train_labels, test_labels]), coarse, folder)
+    names = _unpickle(folder / release.meta_file).get("coarse_label_names", [])
+    coarse = [_unpickle(folder / name).get("coarse_labels") for name in release.batch_files()] if names else []
+    superclasses, fine_to_coarse = _superclasses(
+        names, np.concatenate([train_labels, test_labels]), coarse, folder, release.num_classes
+    )
     return ImageArrays(
         train_images=train.data,
         train_labels=train_labels,
@@ -229,7 +234,11 @@ def _unpickle(path: Path) -> dict:
 
 
 def _superclasses(
-    names: list[str], fine_labels: np.ndarray, coarse_parts: list[np.ndarray | list[int] | None], folder: Path
+    names: list[str],
+    fine_labels: np.ndarray,
+    coarse_parts: list[np.ndarray | list[int] | None],
+    folder: Path,
+    num_classes: int,
 ) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """Superclass names and the superclass of each fine class; empty when `folder` has no coarse labels or names."""
     if not names or any(part is None for part in coarse_parts):
@@ -240,7 +249,7 @@ def _superclasses(
             raise ValueError(f"{len(coarse)} coarse labels for {len(fine_labels)} images")
         if coarse.size and (coarse.min() < 0 or coarse.max() >= len(names)):
             raise ValueError(f"coarse labels outside 0–{len(names) - 1}, the range of the {len(names)} names")
-        fine_to_coarse = superclass_of_each_class(fine_labels, coarse, NUM_CLASSES)
+        fine_to_coarse = superclass_of_each_class(fine_labels, coarse, num_classes)
     except ValueError as err:
         raise CorruptDatasetError(f"the coarse labels (superclasses) in {folder} are inconsistent: {err}") from err
     return tuple(names), fine_to_coarse
@@ -277,41 +286,63 @@ def _file_hash(path: Path, digest: Any) -> str:
     return digest.hexdigest()
 
 
-def _read_array_export(data_dir: Path) -> ImageArrays:
+def _read_array_export(data_dir: Path, release: CIFARRelease) -> ImageArrays:
+    path, key = data_dir / "meta.json", release.names_key
     try:
-        meta = json.loads((data_dir / "meta.json").read_text())
-        classes = tuple(meta["fine_label_names"])
-        coarse_names = list(meta.get("coarse_label_names") or [])
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise CorruptDatasetError(f"{data_dir / 'meta.json'} cannot be read as CIFAR-100 metadata: {err}") from err
-    train_images, train_labels, train_coarse = _read_npz(data_dir / "train.npz")
-    test_images, test_labels, test_coarse = _read_npz(data_dir / "test.npz")
-    if len(classes) != NUM_CLASSES or len(set(classes)) != NUM_CLASSES:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptDatasetError(f"{path} cannot be read as {release.name} metadata: {err}") from err
+    if isinstance(meta, dict) and key not in meta:  # another dataset's export, most likely
         raise CorruptDatasetError(
-            f"{data_dir / 'meta.json'} names {len(set(classes))} distinct classes, the labels need {NUM_CLASSES}: "
+            f"{path} has no {key!r} (it has: {', '.join(map(repr, meta)) or 'nothing'}): {release.name} metadata "
+            f"names its classes under {key!r}. Point data.data_dir at the {release.name} array export, or choose the "
+            "data= option of the dataset this one is"
+        )
+    try:
+        classes = tuple(meta[key])
+        coarse_names = list(meta.get("coarse_label_names") or [])
+    except (KeyError, TypeError, AttributeError) as err:
+        raise CorruptDatasetError(f"{path} cannot be read as {release.name} metadata: {err!r}") from err
+    train_images, train_labels, train_coarse = _read_npz(data_dir / "train.npz", release)
+    test_images, test_labels, test_coarse = _read_npz(data_dir / "test.npz", release)
+    if len(classes) != release.num_classes or len(set(classes)) != release.num_classes:
+        raise CorruptDatasetError(
+            f"{path} names {len(set(classes))} distinct classes, the labels need {release.num_classes}: "
             "restore meta.json from the copy the arrays came from"
         )
     superclasses, fine_to_coarse = _superclasses(
-        coarse_names, np.concatenate([train_labels, test_labels]), [train_coarse, test_coarse], data_dir
+        coarse_names,
+        np.concatenate([train_labels, test_labels]),
+        [train_coarse, test_coarse],
+        data_dir,
+        release.num_classes,
     )
     return ImageArrays(train_images, train_labels, test_images, test_labels, classes, superclasses, fine_to_coarse)
 
 
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Images, fine labels and, when the file has them, coarse labels."""
+def _read_npz(path: Path, release: CIFARRelease) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Images, (fine) labels and, when the file has them, coarse labels."""
+    key = release.label_key
     try:
         with np.load(path) as npz:
-            images, labels = npz["data"], npz["fine_labels"].astype(np.int64)
+            missing = [name for name in ("data", key) if name not in npz.files]
+            if missing:  # another dataset's export, most likely
+                raise CorruptDatasetError(
+                    f"{path} has no {missing[0]!r} array (it has: {', '.join(map(repr, npz.files)) or 'none'}): a "
+                    f"{release.name} array file holds 'data' and {key!r}. Point data.data_dir at the {release.name} "
+                    "array export, or choose the data= option of the dataset this one is"
+                )
+            images, labels = npz["data"], npz[key].astype(np.int64)
             coarse = npz["coarse_labels"].astype(np.int64) if "coarse_labels" in npz.files else None
     except (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError, pickle.UnpicklingError) as err:
         raise CorruptDatasetError(
-            f"{path} cannot be read as a CIFAR-100 array file (truncated or corrupt?): {err}"
+            f"{path} cannot be read as a {release.name} array file (truncated or corrupt?): {err}"
         ) from err
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3) or len(images) != len(labels):
         raise CorruptDatasetError(
             f"{path} holds data {images.dtype}{list(images.shape)} and {len(labels)} labels; "
             "expected uint8 [N, 32, 32, 3] with N labels"
         )
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise CorruptDatasetError(f"{path} has fine labels outside 0–{NUM_CLASSES - 1}")
+    if labels.size and (labels.min() < 0 or labels.max() >= release.num_classes):
+        raise CorruptDatasetError(f"{path} has {key} outside 0–{release.num_classes - 1}")
     return images, labels, coarse

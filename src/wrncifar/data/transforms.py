@@ -7,9 +7,17 @@ from typing import Literal, get_args
 import torch
 from torchvision.transforms import v2
 
-# CIFAR-100 training-set channel statistics on the 0–1 scale (the usual constants; they match train.npz).
+# Training-set channel statistics on the 0–1 scale: the mean and standard deviation of every pixel of the 50,000
+# official training images, per channel (`images.float().div(255).mean/std(dim=(0, 2, 3))`).
+# CIFAR-100: the usual constants; they match train.npz (tests/data/test_cifar100.py checks them on the real arrays).
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+# CIFAR-10: the widely published values of the same computation (0.49140, 0.48216, 0.44653 / 0.24703, 0.24349,
+# 0.26159 as reproduced in kuangliu/pytorch-cifar#129 and libffcv/ffcv#322; fb.resnet.torch's 125.3, 123.0, 113.9 /
+# 63.0, 62.1, 66.7 on the 0–255 scale), not measured here: tests/data/test_cifar10.py checks them where the real
+# arrays are staged. Not (0.2023, 0.1994, 0.2010), the mean of per-image deviations that some code uses.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 # `none`: crop and flip only. `trivialaugment`: TrivialAugmentWide (Müller & Hutter 2021), one random operation
 # at a random strength per image, nothing to tune. `autoaugment`: AutoAugment's learned CIFAR-10 policy (Cubuk et
