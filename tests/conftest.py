@@ -27,6 +27,7 @@ from omegaconf import DictConfig, open_dict
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from wrncifar.run.command_line import null_group_overrides
+from wrncifar.run.speed import resolve_speed
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -46,8 +47,9 @@ FAKE_CIFAR10_TRAIN_PER_CLASS = 10
 FAKE_CIFAR10_TEST_PER_CLASS = 4
 
 
-def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose a config as the entry points would, with outputs under `output_dir` and no `hydra` node."""
+def compose_config(config_name: str, overrides: list[str], output_dir: Path, speed: bool = True) -> DictConfig:
+    """Compose a config as the entry points would, with outputs under `output_dir` and no `hydra` node; with
+    `speed`, the `auto` speed settings resolved for this machine as `train` does first."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=null_group_overrides(overrides), return_hydra_config=True)
@@ -59,13 +61,15 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> 
         cfg.paths.output_dir = str(output_dir)
         cfg.paths.log_dir = str(output_dir)
         del cfg["hydra"]
+    if speed:
+        resolve_speed(cfg)
     return cfg
 
 
 @pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
-    def make(overrides: list[str] | None = None, config_name: str = "train.yaml") -> DictConfig:
-        return compose_config(config_name, overrides or [], tmp_path)
+    def make(overrides: list[str] | None = None, config_name: str = "train.yaml", speed: bool = True) -> DictConfig:
+        return compose_config(config_name, overrides or [], tmp_path, speed)
 
     return make
 

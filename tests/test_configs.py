@@ -13,6 +13,7 @@ from tests.conftest import CONFIGS, FEW_IMAGES, read_metrics, run_entry
 from wrncifar.run.config_validation import ConfigError, validate_config
 from wrncifar.run.entry import run
 from wrncifar.run.fit_and_test import instantiate_group, train_for_sweep
+from wrncifar.run.speed import Hardware, resolve_speed
 
 # Trainer options made for GPUs are instantiated on the CPU here; everything else in them is kept.
 ON_CPU = ["trainer.accelerator=cpu", "trainer.devices=1"]
@@ -80,8 +81,10 @@ def test_trainer_options_instantiate(make_config, option: str) -> None:
 def test_ddp_cpu_asks_for_two_cpu_processes_and_gpu_configs_use_bf16(make_config) -> None:
     assert instantiate(make_config(["trainer=ddp_cpu"]).trainer).num_devices == 2
     for option in ("gpu", "ddp"):
-        cfg = make_config([f"trainer={option}"])
-        assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+        cfg = make_config([f"trainer={option}"], speed=False)
+        assert cfg.trainer.precision == "auto" and cfg.trainer.accelerator == "gpu"
+        resolve_speed(cfg, Hardware(cuda=True, name="NVIDIA H100", bf16=True, triton=True))
+        assert cfg.trainer.precision == "bf16-mixed"
     assert make_config(["trainer=ddp"]).trainer.strategy == "ddp"
 
 

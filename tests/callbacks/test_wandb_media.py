@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from tests.conftest import read_metrics, wandb_records
 from wrncifar.callbacks.wandb_media import PREDICTION_COLUMNS, WandbMedia
+from wrncifar.data.cifar_releases import CIFAR10_RELEASE, CIFAR100_RELEASE
 from wrncifar.models.classifier import ImageClassifier
 from wrncifar.models.wideresnet import WideResNet
 
@@ -95,3 +96,15 @@ def test_tables_come_every_n_validations_on_global_rank_zero_only() -> None:
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="every_n_val_epochs must be a positive integer"):
         WandbMedia(every_n_val_epochs=0)
+
+
+@pytest.mark.parametrize("release", [CIFAR10_RELEASE, CIFAR100_RELEASE], ids=["cifar10", "cifar100"])
+def test_images_are_shown_with_their_own_datasets_normalisation_undone(release) -> None:
+    media = WandbMedia()
+    media.setup(SimpleNamespace(loggers=[], datamodule=SimpleNamespace(release=release)), None, "fit")
+    pixels = torch.rand(2, 3, 4, 4)
+    normalised = (pixels - torch.tensor(release.mean).view(-1, 1, 1)) / torch.tensor(release.std).view(-1, 1, 1)
+    shown = media._displayable(normalised)
+    torch.testing.assert_close(
+        torch.from_numpy(shown).float(), (pixels * 255).round().permute(0, 2, 3, 1), atol=1, rtol=0
+    )

@@ -7,6 +7,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
+from tests.conftest import run_entry
 from wrncifar.run.config_validation import ConfigError, check_num_classes, validate_config
 
 
@@ -79,7 +80,7 @@ def test_subclass_arguments_are_checked_through_kwargs(make_config) -> None:
 
 
 def test_model_and_data_class_counts_must_agree(make_config) -> None:
-    cfg = make_config(["model=wrn_tiny", "data=synthetic", "data.num_classes=10"])
+    cfg = make_config(["model=wrn_tiny", "data=synthetic", "data.num_classes=10", "model.net.num_classes=100"])
     with pytest.raises(
         ConfigError, match=re.escape("predicts 100 classes but the dataset has 10: set model.net.num_classes=10")
     ):
@@ -113,3 +114,11 @@ def test_a_cuda_gpu_asked_for_on_a_mac_points_to_its_apple_gpu(make_config, monk
     with pytest.raises(ConfigError, match=r"no CUDA GPU .*trainer=cpu .*for this Mac's Apple GPU, trainer=mps"):
         validate_config(make_config(["trainer=gpu"]))
     validate_config(make_config(["trainer=mps"]))  # and the Apple GPU itself is accepted
+
+
+def test_a_bad_value_is_the_first_thing_printed_not_the_config_tree(tmp_path) -> None:
+    args = ["model=wrn_tiny", "data=synthetic", "data.batch_size=abc", "extras.print_config=true"]
+    result = run_entry("train.py", [*args, f"hydra.run.dir={tmp_path / 'run'}"])
+    assert result.returncode == 1
+    assert "data.batch_size: expected an integer, got 'abc'" in result.stdout + result.stderr
+    assert "CONFIG" not in result.stdout  # the tree is printed only for a config that passed its checks

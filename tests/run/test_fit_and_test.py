@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 
 from tests.conftest import TINY_SYNTHETIC, TRAINED_EPOCHS, last_logged, read_metrics, run_entry
 from wrncifar.run.config_validation import ConfigError
@@ -156,3 +157,23 @@ def test_a_diverging_run_stops_with_exit_1_and_writes_no_broken_checkpoint(tmp_p
     for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
         state = torch.load(ckpt, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for k, v in state.items() if k.startswith("net.") and v.is_floating_point())
+
+
+class SanityProbe(Callback):
+    """Counts the sanity validations of the runs it is part of."""
+
+    checks = 0
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        type(self).checks += 1
+
+
+@pytest.mark.slow
+def test_a_resumed_run_skips_the_sanity_validation(trained_run: Path, make_config) -> None:
+    probe = ["+callbacks.probe._target_=tests.run.test_fit_and_test.SanityProbe", "logger=null"]
+    SanityProbe.checks = 0
+    train(make_config([*TINY_SYNTHETIC, *probe, "trainer.max_epochs=1", "test=false"]))
+    assert SanityProbe.checks == 1  # a new run checks its validation code first
+    last = trained_run / "checkpoints" / "last.ckpt"
+    train(make_config([*TINY_SYNTHETIC, *probe, f"ckpt_path={last}", f"trainer.max_epochs={TRAINED_EPOCHS + 1}"]))
+    assert SanityProbe.checks == 1  # the resumed one goes straight to its next epoch

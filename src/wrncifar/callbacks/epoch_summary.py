@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any
 
+import psutil
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
@@ -22,6 +23,7 @@ SUMMARY_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_be
 class EpochSummary(Callback):
     """Logs, on rank 0:
 
+    - when the first step is done: how long after the process started (imports, data, compilation);
     - once, after `measure_steps` steps (the first step, which waits for data and compilation, not counted): the
       time per step and what it makes of the whole run; on the CPU, when that exceeds `cpu_warning_hours`, a
       warning that says what to run instead;
@@ -58,6 +60,8 @@ class EpochSummary(Callback):
             return
         self._steps_seen += 1
         if self._steps_seen == 1:  # waits for data and, once, for compilation: not a typical step
+            started = psutil.Process().create_time()
+            log.info("First training step done %.1f s after the process started", time.time() - started)
             self._window_start, self._window_images = _device_time(pl_module), 0
             return
         self._window_images += images_in_batch(batch)

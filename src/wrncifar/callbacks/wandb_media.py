@@ -27,23 +27,24 @@ class WandbMedia(Callback):
     Args:
         every_n_val_epochs: validation epochs between prediction tables (the Nth, 2Nth, … validation).
         num_samples: images per prediction table.
-        mean, std: the per-channel normalisation of the images, undone to show them.
+        mean, std: the per-channel normalisation of the images, undone to show them; None: the datamodule's
+            dataset's (`release`), else CIFAR-100's.
     """
 
     def __init__(
         self,
         every_n_val_epochs: int = 5,
         num_samples: int = 32,
-        mean: Sequence[float] = CIFAR100_MEAN,
-        std: Sequence[float] = CIFAR100_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         for name, value in [("every_n_val_epochs", every_n_val_epochs), ("num_samples", num_samples)]:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.every_n_val_epochs = every_n_val_epochs
         self.num_samples = num_samples
-        self.mean = torch.tensor(mean).view(-1, 1, 1)
-        self.std = torch.tensor(std).view(-1, 1, 1)
+        self._given = (mean, std)
+        self.mean = self.std = torch.empty(0)
         self._logger: WandbLogger | None = None
         self._hook: torch.utils.hooks.RemovableHandle | None = None
         self._logits: torch.Tensor | None = None
@@ -51,6 +52,11 @@ class WandbMedia(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._logger = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+        release = getattr(trainer.datamodule, "release", None)
+        mean, std = self._given
+        mean = mean or (release.mean if release else CIFAR100_MEAN)
+        std = std or (release.std if release else CIFAR100_STD)
+        self.mean, self.std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
 
     # Validation: a table of the first batch's first images.
 

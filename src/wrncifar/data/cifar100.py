@@ -164,6 +164,9 @@ class CIFAR100DataModule(LightningDataModule):
             )
         if not 0 <= cutout < IMAGE_SIZE:
             raise ValueError(f"cutout is the side of the erased square in pixels, 0 to {IMAGE_SIZE - 1}; got {cutout}")
+        for name, flag in (("on_device", on_device), ("drop_last", drop_last)):
+            if not isinstance(flag, bool):  # "auto" is the run layer's to decide (wrncifar.run.speed)
+                raise ValueError(f"{name} must be true or false here, got {flag!r} (the entry points resolve auto)")
         if on_device and policy != "none":
             raise ValueError(
                 f"policy={policy} runs in the CPU loader workers only; set data.on_device=false to use it, "

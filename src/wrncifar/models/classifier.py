@@ -57,6 +57,9 @@ class ImageClassifier(LightningModule):
         compile_mode: str | None = None,
     ) -> None:
         super().__init__()
+        for name, flag in (("channels_last", channels_last), ("compile", compile)):
+            if not isinstance(flag, bool):  # "auto" is the run layer's to decide (wrncifar.run.speed)
+                raise ValueError(f"{name} must be true or false here, got {flag!r} (the entry points resolve auto)")
         if compile:
             require_compile_support()
         self.optimizer_settings = _settings(OptimizerSettings, optimizer)

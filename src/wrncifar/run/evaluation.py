@@ -27,6 +27,7 @@ from wrncifar.run.config_validation import ConfigError, check_num_classes, valid
 from wrncifar.run.console import quiet_console
 from wrncifar.run.extras import apply_extras
 from wrncifar.run.fit_and_test import instantiate_group, metrics_as_floats
+from wrncifar.run.speed import resolve_speed
 from wrncifar.run.trusted_targets import check_targets
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not ckpt_path.is_file():
         raise ConfigError(f"ckpt_path={given} is not a file: pass ckpt_path=<run_dir>/checkpoints/<name>.ckpt")
     adopt_training_run_config(cfg, ckpt_path)
-    validate_config(cfg, {"eval": ReportSettings})
     quiet_console(evaluation=True)
+    resolve_speed(cfg, training=False)
+    validate_config(cfg, {"eval": ReportSettings})
     apply_extras(cfg)  # the config tree is printed once it is known to be valid: an error comes first
     settings = ReportSettings(**cfg.get("eval", {}))
 

@@ -24,6 +24,7 @@ from wrncifar.run.distributed import check_launch, stop_if_group_does_not_form
 from wrncifar.run.extras import apply_extras
 from wrncifar.run.loggers import CSVLogger
 from wrncifar.run.resuming import check_not_finished, checkpoint_to_resume
+from wrncifar.run.speed import resolve_speed
 from wrncifar.run.tracking import continue_tensorboard, group_sweep_jobs, keep_wandb_run, log_run_config
 from wrncifar.sweeps.summary import in_multirun
 
@@ -35,8 +36,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     With `train=false test=true ckpt_path=…` it only tests that checkpoint.
     """
-    validate_config(cfg)
     quiet_console()
+    resolve_speed(cfg, training=cfg.get("train", True))  # the `auto` speed settings, before they are checked
+    validate_config(cfg)
     apply_extras(cfg)  # the config tree is printed once it is known to be valid: an error comes first
     if cfg.get("seed") is not None:
         seed_everything(cfg.seed, workers=True)
@@ -75,6 +77,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 logger.rewind(continue_at)
     callbacks = _without_logger_only_callbacks(instantiate_group(cfg.get("callbacks")), has_logger=bool(loggers))
     trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if resume_from is not None:  # the validation code ran when the run started: a resume goes straight to training
+        trainer.num_sanity_val_steps = 0
     check_launch(
         trainer,
         multirun=in_multirun(),

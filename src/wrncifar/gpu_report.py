@@ -1,0 +1,202 @@
+"""The project's one GPU measurement command: `make gpu-report DATA_DIR=<CIFAR-100 arrays>`.
+
+Within a time budget (9 minutes by default) it runs, in this order:
+
+1. `python -m wrncifar.bench` on the fast-path cases (bf16, on-device data; eager and compiled; plain loop and
+   Lightning);
+2. `python src/train.py experiment=wrn_cifar100_fast` to the end on the real CIFAR-100 arrays;
+3. as much of `experiment=wrn_cifar100` (the 200-epoch paper recipe, default speed settings) as the remaining
+   budget allows (`trainer.max_time`), then its test.
+
+Each step's raw output (console, metrics.csv, the bench's JSON) goes to `<out>/<step>/`, and `<out>/report.md`
+holds a Markdown table: device, torch/CUDA versions, command, images/s, wall time, time to the first training
+step, test top-1/top-5. `--dry-run` runs the same steps on the CPU with the tiny model and synthetic data in a
+minute or two (the test suite does), so the command works the first time it meets a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH_CASES = ["device/bf16"]
+# Small and CPU-sized: the same steps in a minute or two.
+DRY_BENCH = [
+    "--device",
+    "cpu",
+    "--widths",
+    "4",
+    "8",
+    "8",
+    "8",
+    "--blocks-per-stage",
+    "1",
+    "--batch-size",
+    "16",
+    "--steps",
+    "2",
+    "--warmup",
+    "1",
+    "--train-images",
+    "200",
+    "--cases",
+    "device/fp32/eager",
+]
+DRY_TRAIN = [
+    "model=wrn_tiny",
+    "data=synthetic",
+    "data.train_per_class=4",
+    "data.val_per_class=2",
+    "data.test_per_class=1",
+    "trainer=cpu",
+    "trainer.precision=32-true",
+    "trainer.max_epochs=1",
+    "data.on_device=false",
+    "data.drop_last=false",
+    "data.batch_size=32",
+    "model.compile=false",
+    "model.channels_last=false",
+]
+# What the paper recipe leaves for its test and for writing its outputs once max_time stops it.
+TEST_RESERVE_S = 45
+FIRST_STEP = re.compile(r"First training step done ([\d.]+) s after the process started")
+
+
+@dataclass
+class Step:
+    name: str
+    command: list[str]
+    wall_s: float = 0.0
+    returncode: int | None = None
+    images_per_sec: float | None = None
+    first_step_s: float | None = None
+    test_top1: float | None = None
+    test_top5: float | None = None
+
+
+def run_step(step: Step, out: Path, timeout_s: float) -> Step:
+    """Run `step.command` from the checkout, its console to `<out>/<name>/console.log`; read back its numbers."""
+    folder = out / step.name
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    with (folder / "console.log").open("w") as console:
+        try:
+            done = subprocess.run(
+                step.command, cwd=ROOT, stdout=console, stderr=subprocess.STDOUT, timeout=max(timeout_s, 1)
+            )
+            step.returncode = done.returncode
+        except subprocess.TimeoutExpired:
+            step.returncode = None  # stopped at the budget's end
+    step.wall_s = time.monotonic() - start
+    text = (folder / "console.log").read_text(errors="replace")
+    if match := FIRST_STEP.search(text):
+        step.first_step_s = float(match.group(1))
+    metrics = folder / "csv" / "metrics.csv"
+    if metrics.is_file():
+        _read_metrics(step, metrics)
+    bench = folder / "bench.json"
+    if bench.is_file():
+        rates = [r["images_per_sec"] for r in json.loads(bench.read_text())["results"]]
+        step.images_per_sec = max(rates) if rates else None
+    return step
+
+
+def _read_metrics(step: Step, path: Path) -> None:
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    rates = [float(r["train/images_per_sec"]) for r in rows if r.get("train/images_per_sec")]
+    step.images_per_sec = statistics.median(rates) if rates else None
+    tests = [r for r in rows if r.get("test/acc")]
+    if tests:
+        step.test_top1 = float(tests[-1]["test/acc"])
+        step.test_top5 = float(tests[-1]["test/acc_top5"]) if tests[-1].get("test/acc_top5") else None
+
+
+def steps(out: Path, data_dir: str | None, dry_run: bool, paper_seconds: float) -> list[Step]:
+    python = sys.executable
+    bench = [python, "-m", "wrncifar.bench", "--json", str(out / "bench" / "bench.json")]
+    bench += DRY_BENCH if dry_run else ["--steps", "30", "--warmup", "15", "--cases", *BENCH_CASES]
+    data = DRY_TRAIN if dry_run else [f"data.data_dir={data_dir}"]
+    common = ["extras.print_config=false", "logger=csv"]
+    fast = [python, "src/train.py", "experiment=wrn_cifar100_fast", *data, *common, f"hydra.run.dir={out / 'fast'}"]
+    limit = f"+trainer.max_time={_max_time(paper_seconds)}"
+    paper = [python, "src/train.py", "experiment=wrn_cifar100", *data, *common, limit, f"hydra.run.dir={out / 'paper'}"]
+    return [Step("bench", bench), Step("fast", fast), Step("paper", paper)]
+
+
+def _max_time(seconds: float) -> str:
+    """Lightning's `DD:HH:MM:SS`."""
+    total = max(int(seconds), 1)
+    return f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def markdown(results: list[Step], device: str) -> str:
+    cuda = torch.version.cuda or "none"
+    lines = [
+        f"Device: {device}; torch {torch.__version__} (CUDA {cuda}); {date.today().isoformat()}",
+        "",
+        "| step | command | exit | images/s | wall time | first step after | test top-1 / top-5 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in results:
+        shown = " ".join(a for a in s.command[1:] if not a.startswith(("hydra.run.dir", "--json", str(s.command[0]))))
+        shown = re.sub(r" \S+/bench\.json", "", shown)
+        exit_code = "stopped" if s.returncode is None else str(s.returncode)
+        rate = f"{s.images_per_sec:,.0f}" if s.images_per_sec else "–"
+        first = f"{s.first_step_s:.1f} s" if s.first_step_s is not None else "–"
+        top = f"{s.test_top1:.2%} / {s.test_top5:.2%}" if s.test_top1 is not None and s.test_top5 is not None else "–"
+        lines.append(f"| {s.name} | `{shown}` | {exit_code} | {rate} | {s.wall_s:.0f} s | {first} | {top} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m wrncifar.gpu_report", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", help="the CIFAR-100 arrays (train.npz, test.npz, meta.json, SHA256SUMS)")
+    parser.add_argument("--out", type=Path, help="default: docs/measurements/gpu_report_<date>")
+    parser.add_argument("--budget-s", type=float, default=540, help="all three steps together (default 9 min)")
+    parser.add_argument("--dry-run", action="store_true", help="the same steps on the CPU, tiny and synthetic")
+    args = parser.parse_args(argv)
+    if not args.dry_run:
+        if not torch.cuda.is_available():
+            parser.error("no CUDA GPU here: run it on a GPU machine, or check it on the CPU with --dry-run")
+        if not args.data_dir or not (Path(args.data_dir) / "train.npz").is_file():
+            parser.error(f"--data-dir={args.data_dir}: give the folder of the CIFAR-100 arrays (with train.npz)")
+    if args.budget_s <= 0:
+        parser.error("--budget-s must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = args.out or ROOT / "docs" / "measurements" / f"gpu_report_{date.today().isoformat()}"
+    out.mkdir(parents=True, exist_ok=True)
+    device = "CPU (dry run)" if args.dry_run else torch.cuda.get_device_name()
+    deadline = time.monotonic() + args.budget_s
+    results: list[Step] = []
+    planned = steps(out, args.data_dir, args.dry_run, paper_seconds=0)
+    for step in planned:
+        left = deadline - time.monotonic()
+        if step.name == "paper":  # whatever is left, less what its test and outputs need
+            (step,) = [s for s in steps(out, args.data_dir, args.dry_run, left - TEST_RESERVE_S) if s.name == "paper"]
+        print(f"== {step.name}: {' '.join(step.command[1:])}", flush=True)
+        results.append(run_step(step, out, timeout_s=left))
+    report = markdown(results, device)
+    (out / "report.md").write_text(report + "\n")
+    print(report)
+    return 0 if all(s.returncode == 0 for s in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""`make gpu-report DRY_RUN=1`: the GPU measurement command's three steps on the CPU (tiny model, synthetic data),
+so that it works the first time it meets a GPU; its table is read back against the runs' own outputs."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HANG_TIMEOUT_S, ROOT
+from wrncifar.gpu_report import parse_args
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("gpu_report")
+    command = [sys.executable, "-m", "wrncifar.gpu_report", "--dry-run", "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
+    return out, done
+
+
+@pytest.mark.slow
+def test_the_dry_run_runs_the_three_steps_and_writes_their_table(dry_run) -> None:
+    out, done = dry_run
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = (out / "report.md").read_text()
+    assert table.strip() in done.stdout
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"bench", "fast", "paper"}
+    assert "experiment=wrn_cifar100_fast" in rows["fast"][1] and "+trainer.max_time=" in rows["paper"][1]
+    for name in ("bench", "fast", "paper"):
+        assert rows[name][2] == "0", name
+    for name in ("fast", "paper"):
+        with (out / name / "csv" / "metrics.csv").open() as f:
+            test = [r for r in csv.DictReader(f) if r.get("test/acc")][-1]
+        assert rows[name][6].rstrip(" |") == f"{float(test['test/acc']):.2%} / {float(test['test/acc_top5']):.2%}"
+        assert rows[name][5].endswith(" s")  # the time to the first training step, from the run's own log line
+    assert (out / "bench" / "bench.json").is_file()
+
+
+def test_make_gpu_report_dry_run_is_this_command() -> None:
+    done = subprocess.run(
+        ["make", "-n", "--no-print-directory", "gpu-report", "DRY_RUN=1", "OUT=/tmp/x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=HANG_TIMEOUT_S,
+    )
+    assert done.stdout.splitlines()[-1].split()[1:] == ["-m", "wrncifar.gpu_report", "--dry-run", "--out", '"/tmp/x"']
+
+
+def test_without_a_gpu_the_real_run_says_to_use_the_dry_run(capsys) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--data-dir", "data"])
+    assert "no CUDA GPU here: run it on a GPU machine, or check it on the CPU with --dry-run" in capsys.readouterr().err
