@@ -1,0 +1,230 @@
+"""Export a checkpoint's network for deployment: `python src/export.py ckpt_path=… format=onnx|torchscript|state_dict`.
+
+- `onnx`: torch's dynamo-based exporter (`torch.onnx.export(..., dynamo=True)`, which needs `onnx` and `onnxscript`),
+  at opset `opset` (18 by default), one input `images` with a dynamic batch axis, one output `logits`.
+- `torchscript`: `torch.jit.trace` of the same module; any batch size.
+- `state_dict`: the network's own weights with the plain `WideResNet` names (no `net.` prefix), as the seed's code
+  saves them: `net.load_state_dict(torch.load(path))` into the network `model.net` builds.
+
+`input=uint8` (the default) exports `Uint8ImageClassifier`: uint8 images N×3×S×S (NCHW, RGB, 0–255; S = 32 for
+CIFAR) in, the normalisation of the checkpoint's data config inside. `input=normalized` takes float32 images already
+normalised. Either way it returns the logits N×C. Beside the model, `<name>.json` records the input it takes, the
+image size, mean, std, class names and the network config. Each exported file is loaded back (onnxruntime,
+`torch.jit.load`, a strict `load_state_dict`) and its logits compared with the checkpoint's before the command ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from wrncifar.analysis.output_files import write_file
+from wrncifar.models.uint8_images import Uint8ImageClassifier
+from wrncifar.run.checkpoint_network import CheckpointNetwork, load_checkpoint_network, output_file
+from wrncifar.run.config_validation import ConfigError
+
+log = logging.getLogger(__name__)
+
+Format = Literal["onnx", "torchscript", "state_dict"]
+InputKind = Literal["uint8", "normalized"]
+EXPORT_SETTINGS: dict[str, Any] = {
+    "format": Format,
+    "input": InputKind,
+    "output": str | None,
+    "opset": int,
+}
+FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "state_dict": "model.state_dict.pt"}
+EXAMPLE = "python src/export.py ckpt_path=<run_dir>/checkpoints/<name>.ckpt format=onnx"
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+# The exported model's logits may differ from the checkpoint's by float rounding only: the largest difference
+# allowed, relative to the largest logit (ONNX Runtime fuses and reorders operations; 1e-6 is typical).
+TOLERANCE = 1e-3
+MIN_OPSET = 18  # the oldest the dynamo-based exporter writes (it converts to older ones unreliably)
+CHECK_BATCH = 5  # not the traced batch (2), so the check also covers the dynamic batch axis
+
+
+class ExportCheckError(RuntimeError):
+    """The exported model's logits differ from the checkpoint's beyond float rounding."""
+
+
+def export_model(cfg: DictConfig) -> dict[str, Any]:
+    """Export the network of `cfg.ckpt_path` as `cfg.format`, check it, and write it with its `.json` description to
+    `cfg.output` (a folder gets the default name inside it), else to the run folder. Returns the description."""
+    loaded = load_checkpoint_network(cfg, EXPORT_SETTINGS, EXAMPLE)
+    fmt: Format = cfg.format
+    kind: InputKind = "normalized" if fmt == "state_dict" else cfg.input
+    if fmt == "state_dict" and cfg.input == "uint8":
+        log.info(
+            "format=state_dict holds the network's weights only: it takes normalised images (input= applies to "
+            "onnx and torchscript); mean and std are in the .json beside it"
+        )
+    out = output_file(cfg.get("output"), Path(cfg.paths.output_dir), FILE_NAMES[fmt])
+    if out.suffix == ".json":
+        raise ConfigError(f"output={out}: the model's description is written to <name>.json; name the model otherwise")
+    module = Uint8ImageClassifier(loaded.net, loaded.images.mean, loaded.images.std, normalize=kind == "uint8").eval()
+
+    example = example_images(kind, loaded, 2)
+    differences: list[float] = []
+
+    def write_checked(tmp: Path) -> None:  # the file appears at `out` only once its logits have been checked
+        if fmt == "onnx":
+            save_onnx(module, example, tmp, cfg.opset)
+        elif fmt == "torchscript":
+            save_torchscript(module, example, tmp)
+        else:
+            torch.save(dict(loaded.net.state_dict()), tmp)
+        differences.append(check_export(fmt, tmp, module, kind, loaded))
+
+    write_file(out, write_checked)
+    difference = differences[0]
+
+    description = describe(fmt, kind, loaded, onnx_opset(out) if fmt == "onnx" else None, difference, out)
+    json_path = out.with_suffix(".json")
+    write_file(json_path, lambda tmp: tmp.write_text(json.dumps(description, indent=2) + "\n"))
+    log.info(
+        "Exported %s (%s, input %s) to %s; its logits match the checkpoint's within %.2g; described in %s",
+        loaded.ckpt_path.name, fmt, kind, out, difference, json_path,
+    )  # fmt: skip
+    return description
+
+
+def example_images(kind: InputKind, loaded: CheckpointNetwork, batch: int, seed: int = 0) -> torch.Tensor:
+    """Random images of the input the exported model takes: uint8, or those normalised."""
+    generator = torch.Generator().manual_seed(seed)
+    size = loaded.images.size
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
+    if kind == "uint8":
+        return images
+    mean = torch.tensor(loaded.images.mean).view(1, -1, 1, 1)
+    std = torch.tensor(loaded.images.std).view(1, -1, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def check_export(fmt: Format, path: Path, module: nn.Module, kind: InputKind, loaded: CheckpointNetwork) -> float:
+    """The largest difference between the logits of the exported file at `path` and those of `module` on a batch
+    of random images; ExportCheckError when it is more than float rounding."""
+    images = example_images(kind, loaded, CHECK_BATCH, seed=1)
+    with torch.inference_mode():
+        expected = module(images)
+    difference = float((exported_logits(fmt, path, images, loaded.net_config) - expected).abs().max())
+    allowed = TOLERANCE * max(1.0, float(expected.abs().max()))
+    if difference > allowed:
+        raise ExportCheckError(
+            f"the exported {fmt} model gave logits up to {difference:.3g} away from the checkpoint's (allowed "
+            f"{allowed:.3g}), so it was not written; please report this with your torch and exporter versions"
+        )
+    return difference
+
+
+def save_onnx(module: nn.Module, example: torch.Tensor, out: Path, opset: int) -> None:
+    """`module` as ONNX at `opset`, with a dynamic batch axis; ConfigError when the exporter's packages are missing."""
+    try:
+        import onnx  # noqa: F401 - the exporter needs both; said here plainly instead of deep inside torch.onnx
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise ConfigError(
+            f"format=onnx needs the onnx and onnxscript packages ({err.name} is missing): pip install -e '.[export]'"
+        ) from err
+    if opset < MIN_OPSET:
+        raise ConfigError(
+            f"opset={opset}: torch's ONNX exporter writes opset {MIN_OPSET} or later; give opset>={MIN_OPSET}"
+        )
+    for name in ("onnxscript", "onnx_ir"):  # a line per optimisation pass otherwise, none a user can act on
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        program = torch.onnx.export(
+            module,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
+            verbose=False,
+        )
+    program.save(out)
+
+
+def onnx_opset(path: Path) -> int:
+    """The opset of the default domain the ONNX file at `path` uses."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def save_torchscript(module: nn.Module, example: torch.Tensor, out: Path) -> None:
+    """`module` traced to TorchScript (the networks have no data-dependent control flow, so a trace is exact)."""
+    with warnings.catch_warnings():
+        # torch marks TorchScript deprecated in favour of torch.export; it still loads everywhere libtorch runs.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+        traced = torch.jit.trace(module, example)
+    traced.save(str(out))
+
+
+def exported_logits(fmt: Format, path: Path, images: torch.Tensor, net_config: dict[str, Any]) -> torch.Tensor:
+    """The logits of the exported file at `path` on `images`, loaded the way a user would load it."""
+    if fmt == "onnx":
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise ConfigError(
+                "format=onnx checks the exported model with onnxruntime, which is not installed: "
+                "pip install -e '.[export]'"
+            ) from err
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0])
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+            loaded = torch.jit.load(str(path), map_location="cpu")
+        with torch.inference_mode():
+            return loaded(images)
+    net = plain_network(net_config)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    with torch.inference_mode():
+        return net.eval()(images)
+
+
+def plain_network(net_config: dict[str, Any]) -> nn.Module:
+    """A new network as `model.net` describes it (a config checked against the project's targets when adopted)."""
+    return instantiate(net_config, _convert_="all")
+
+
+def describe(
+    fmt: Format, kind: InputKind, loaded: CheckpointNetwork, opset: int | None, difference: float, out: Path
+) -> dict[str, Any]:
+    """The `.json` beside the exported model: what it takes and returns, and where it came from."""
+    size = loaded.images.size
+    shape = f"Nx3x{size}x{size}"
+    return {
+        "file": out.name,
+        "format": fmt,
+        "input": kind,
+        "input_name": INPUT_NAME if fmt != "state_dict" else None,
+        "input_description": (
+            f"uint8 {shape} (NCHW, RGB, 0-255), normalised inside the model"
+            if kind == "uint8"
+            else f"float32 {shape} (NCHW, RGB), normalised: (pixels / 255 - mean) / std per channel"
+        ),
+        "output_name": OUTPUT_NAME if fmt != "state_dict" else None,
+        "output_description": f"float32 logits Nx{len(loaded.classes)}; softmax for probabilities",
+        "image_size": size,
+        "mean": list(loaded.images.mean),
+        "std": list(loaded.images.std),
+        "classes": list(loaded.classes),
+        "net": loaded.net_config,
+        "ckpt_path": str(loaded.ckpt_path),
+        "torch": torch.__version__,
+        "opset": opset,
+        "max_abs_logit_difference": difference,
+    }

@@ -1,0 +1,162 @@
+"""`python src/export.py ckpt_path=… format=onnx|torchscript|state_dict`: a checkpoint's network as a file to deploy,
+giving the checkpoint's logits when loaded the way a user loads it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import onnxruntime
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.conftest import best_checkpoint, run_entry
+from tests.run.test_prediction import checkpoint_net, normalised, run_config, run_test_images
+from wrncifar.data.transforms import CIFAR100_MEAN, CIFAR100_STD
+from wrncifar.models.wideresnet import WideResNet
+from wrncifar.run import export
+from wrncifar.run.config_validation import ConfigError
+from wrncifar.run.export import ExportCheckError, export_model
+
+# Exported and original logits agree to float rounding; ONNX Runtime reorders some operations.
+ATOL = 1e-4
+
+
+def exported(trained_run: Path, folder: Path, *args: str) -> Path:
+    """Run `src/export.py` on the run's best checkpoint into `folder`; return the folder."""
+    result = run_entry("export.py", [f"ckpt_path={best_checkpoint(trained_run)}", *args, f"hydra.run.dir={folder}"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return folder
+
+
+def expected_logits(trained_run: Path, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return checkpoint_net(trained_run)(normalised(images))
+
+
+@pytest.fixture(scope="module")
+def onnx_export(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return exported(trained_run, tmp_path_factory.mktemp("onnx"), "format=onnx")
+
+
+@pytest.mark.slow
+def test_the_onnx_model_takes_uint8_images_of_any_batch_size(trained_run: Path, onnx_export: Path) -> None:
+    session = onnxruntime.InferenceSession(str(onnx_export / "model.onnx"), providers=["CPUExecutionProvider"])
+    (given,), (returned,) = session.get_inputs(), session.get_outputs()
+    assert (given.name, given.type, returned.name) == ("images", "tensor(uint8)", "logits")
+    assert isinstance(given.shape[0], str) and given.shape[1:] == [3, 32, 32], "a dynamic batch axis"
+    images = run_test_images(trained_run, 7)
+    for batch in (images[:1], images):
+        logits = session.run(["logits"], {"images": batch.numpy()})[0]
+        assert logits.shape == (len(batch), 100)
+        assert torch.from_numpy(logits) == pytest.approx(expected_logits(trained_run, batch), abs=ATOL)
+
+
+@pytest.mark.slow
+def test_the_onnx_models_description_says_what_it_takes(onnx_export: Path, trained_run: Path) -> None:
+    description = json.loads((onnx_export / "model.json").read_text())
+    assert description["format"] == "onnx" and description["input"] == "uint8" and description["opset"] == 18
+    assert description["input_description"].startswith("uint8 Nx3x32x32 (NCHW, RGB, 0-255)")
+    assert description["mean"] == pytest.approx(CIFAR100_MEAN) and description["std"] == pytest.approx(CIFAR100_STD)
+    assert description["classes"] == [f"class_{i:03d}" for i in range(100)]
+    assert description["net"] == OmegaConf.to_container(run_config(trained_run).model.net, resolve=True)
+    assert description["ckpt_path"] == str(best_checkpoint(trained_run).resolve())
+    assert 0 <= description["max_abs_logit_difference"] <= ATOL
+
+
+@pytest.mark.slow
+def test_the_torchscript_model_gives_the_checkpoints_logits(trained_run: Path, tmp_path: Path) -> None:
+    folder = exported(trained_run, tmp_path, "format=torchscript")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
+        model = torch.jit.load(str(folder / "model.torchscript.pt"))
+    images = run_test_images(trained_run, 5)
+    with torch.no_grad():
+        for batch in (images[:1], images):
+            assert model(batch) == pytest.approx(expected_logits(trained_run, batch), abs=1e-5)
+    assert json.loads((folder / "model.torchscript.json").read_text())["input"] == "uint8"
+
+
+@pytest.mark.slow
+def test_the_state_dict_loads_strictly_into_the_plain_wideresnet(trained_run: Path, tmp_path: Path) -> None:
+    folder = exported(trained_run, tmp_path, "format=state_dict")
+    weights = torch.load(folder / "model.state_dict.pt", weights_only=True)
+    assert not [k for k in weights if k.startswith("net.")] and "fc.weight" in weights
+    net_config = OmegaConf.to_container(run_config(trained_run).model.net, resolve=True)
+    assert net_config.pop("_target_") == "wrncifar.models.wideresnet.WideResNet"
+    net = WideResNet(**net_config)
+    net.load_state_dict(weights, strict=True)
+    images = run_test_images(trained_run, 4)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(normalised(images)), expected_logits(trained_run, images))
+    description = json.loads((folder / "model.state_dict.json").read_text())
+    assert description["input"] == "normalized" and description["input_name"] is None
+
+
+@pytest.mark.slow
+def test_the_seeds_own_weights_go_back_to_the_seeds_own_code(make_config, tmp_path: Path) -> None:
+    from tests.seed_wideresnet import WideResNet as SeedWideResNet
+
+    torch.manual_seed(0)
+    seed = SeedWideResNet(100).eval()
+    torch.save(seed.state_dict(), tmp_path / "seed.pt")
+    overrides = [f"ckpt_path={tmp_path / 'seed.pt'}", "model.net.pooling=seed", "format=state_dict"]
+    export_model(make_config([*overrides, f"output={tmp_path / 'back.pt'}"], "export.yaml"))
+    again = SeedWideResNet(100).eval()
+    again.load_state_dict(torch.load(tmp_path / "back.pt", weights_only=True), strict=True)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(images), seed(images))
+
+
+def test_an_onnx_model_for_normalised_images(trained_run: Path, make_config, tmp_path: Path) -> None:
+    overrides = [f"ckpt_path={best_checkpoint(trained_run)}", "input=normalized", f"output={tmp_path / 'm' / 'f.onnx'}"]
+    description = export_model(make_config(overrides, "export.yaml"))
+    assert description["input"] == "normalized" and (tmp_path / "m" / "f.json").is_file()
+    session = onnxruntime.InferenceSession(str(tmp_path / "m" / "f.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float)"
+    images = run_test_images(trained_run, 3)
+    logits = session.run(["logits"], {"images": normalised(images).numpy()})[0]
+    assert torch.from_numpy(logits) == pytest.approx(expected_logits(trained_run, images), abs=ATOL)
+
+
+def test_an_export_that_does_not_match_the_checkpoint_is_not_written(
+    trained_run: Path, make_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = export.exported_logits
+    monkeypatch.setattr(export, "exported_logits", lambda *args: real(*args) + 0.5)
+    cfg = make_config([f"ckpt_path={best_checkpoint(trained_run)}", "format=torchscript"], "export.yaml")
+    with pytest.raises(ExportCheckError, match=r"gave logits up to 0\.5 away from the checkpoint's .*not written"):
+        export_model(cfg)
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.json"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["format=pickle"], r"format: expected one of \['onnx', 'torchscript', 'state_dict'\], got 'pickle'"),
+        (["input=float"], r"input: expected one of \['uint8', 'normalized'\], got 'float'"),
+        (["opset=13"], "opset=13: torch's ONNX exporter writes opset 18 or later"),
+        (["output=/tmp/model.json"], "the model.s description is written to <name>.json"),
+        (["ckpt_path=null"], r"ckpt_path is required \(the checkpoint to load\): python src/export.py"),
+    ],
+)
+def test_bad_settings_are_one_clear_error(
+    trained_run: Path, make_config, tmp_path: Path, overrides: list[str], message: str
+) -> None:
+    cfg = make_config([f"ckpt_path={best_checkpoint(trained_run)}", *overrides], "export.yaml")
+    with pytest.raises(ConfigError, match=message):
+        export_model(cfg)
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_onnx_without_its_packages_says_what_to_install(
+    trained_run: Path, make_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript now raises ImportError
+    cfg = make_config([f"ckpt_path={best_checkpoint(trained_run)}"], "export.yaml")
+    with pytest.raises(ConfigError, match=r"format=onnx needs the onnx and onnxscript packages .*\[export\]"):
+        export_model(cfg)
