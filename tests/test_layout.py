@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "wrncifar"
-# Bottom to top. The top-level modules (`bench`, `plot`) are commands: they may import anything.
+# Bottom to top. The top-level modules (`bench`, `plot`, `gpu_report`) are commands: they may import anything.
 LAYERS = ("data", "models", "callbacks", "analysis", "sweeps", "run")
 HYDRA_LAYERS = {"sweeps", "run"}
-COMMANDS = {"bench", "plot"}
+COMMANDS = {"bench", "plot", "gpu_report"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -78,4 +78,4 @@ def test_a_long_prediction_pass_logs_its_progress(caplog) -> None:
         predict(tiny_network(), batches(), every_n_seconds=1e-9)  # a line is due after every batch
     lines = [r.getMessage() for r in caplog.records]
     assert [line.split(" · ")[1] for line in lines] == ["batch 1/3", "batch 2/3", "batch 3/3"]
-    assert all(line.startswith("Predictions for the report") and " · ends in " in line for line in lines)
+    assert all(line.startswith("Predicting") and " · ends in " in line for line in lines)

@@ -67,7 +67,7 @@ def predict(
                 if now - last_line >= every_n_seconds:
                     last_line = now
                     left = f" · ends in {format_duration((total - done) * (now - start) / done)}" if total else ""
-                    log.info("Predictions for the report · batch %d%s%s", done, f"/{total}" if total else "", left)
+                    log.info("Predicting · batch %d%s%s", done, f"/{total}" if total else "", left)
     finally:
         model.train(was_training)
     all_labels = torch.cat(labels)
