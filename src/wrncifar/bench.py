@@ -41,6 +41,7 @@ from wrncifar.models.classifier import ImageClassifier
 from wrncifar.models.flops import flops_per_image
 from wrncifar.models.optimization import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
 from wrncifar.models.wideresnet import WideResNet
+from wrncifar.run.console import quiet_console
 
 PRECISIONS = {"fp32": ("32-true", None), "bf16": ("bf16-mixed", torch.bfloat16)}
 
@@ -435,6 +436,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    quiet_console()  # the Lightning cases would print its cloud tips
     report = run(args)
     print(markdown(report))
     if args.json:
