@@ -5,7 +5,8 @@ whatever launcher ran it: in this process, in local subprocesses or on SLURM nod
 `SweepSummary` (a Hydra callback, in the process that launched the jobs) reads them back and writes
 `sweep_summary.csv` and `sweep_summary.md` to the sweep folder, and prints the table; it also rewrites them
 after each job, so they exist however the sweep ends. A job that left no record was killed (or is still
-running) and is listed as such.
+running) and is listed as such; the submitit launchers record a job that SLURM (or submitit's local executor) ended
+without a result (`wrncifar.sweeps.submitit_jobs`).
 """
 
 from __future__ import annotations
@@ -42,10 +43,13 @@ def in_multirun() -> bool:
 
 
 @rank_zero_only
-def record_job_result(job_dir: str | Path, value: Any, error: BaseException | None = None) -> None:
-    """Write the job's status ("completed" or "failed"), its optimized metric and its error to JOB_RESULT."""
+def record_job_result(
+    job_dir: str | Path, value: Any, error: BaseException | None = None, status: str | None = None
+) -> None:
+    """Write the job's status ("completed" or "failed", or `status`: NO_RESULT where the launcher found the job
+    ended without a result), its optimized metric and its error to JOB_RESULT."""
     record = {
-        "status": "failed" if error else "completed",
+        "status": status or ("failed" if error else "completed"),
         "value": float(value) if isinstance(value, int | float) else None,
         "error": " ".join(f"{type(error).__name__}: {error}".split()) if error else None,  # one line
     }
@@ -84,9 +88,9 @@ def summarize(sweep_dir: Path, mode: Literal["max", "min"] = "max") -> list[JobS
 
 
 def summary_rows(jobs: list[JobSummary], metric: str) -> tuple[list[str], list[list[str]]]:
-    """A header and one row per job: job, status, the metric, then the overrides the sweep varied."""
-    runs = [job.run for job in jobs]
-    keys = varying_overrides(runs) or sorted({k for run in runs for k in run.overrides})
+    """A header and one row per job: job, status, the metric, then the overrides the sweep varied (none for a
+    sweep of one job: its overrides are in its folder's .hydra/overrides.yaml)."""
+    keys = varying_overrides([job.run for job in jobs])
     header = ["job", "status", metric, *keys, "error"]
     rows = [
         [
