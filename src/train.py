@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from wrncifar.run.command_line import hydra_arguments
+from wrncifar.callbacks.early_signals import record_early_signals
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train.yaml")
@@ -28,5 +29,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    record_early_signals()  # SLURM's SIGUSR1 or SIGTERM during start-up stops the run cleanly once training starts
     sys.argv[1:] = hydra_arguments(sys.argv[1:], resumable=True)
     main()

@@ -1,16 +1,51 @@
-"""SIGTERM and SIGUSR1 (preemption) and Ctrl-C (SIGINT): finish the step, save `last.ckpt`, stop cleanly."""
+"""SIGTERM and SIGUSR1 (preemption) and Ctrl-C (SIGINT): finish the step, save `last.ckpt`, stop cleanly; under
+SLURM, SIGUSR1 also requeues the job, which then resumes from that checkpoint (`wrncifar.run.resuming`)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from wrncifar.callbacks.early_signals import early_signal, forget_early_signal, is_early_signals_handler
+
 log = logging.getLogger(__name__)
+
+# The checkpoint key naming the SLURM job that saved it: a requeued job resumes only from its own checkpoints.
+SLURM_JOB_KEY = "slurm_job"
+
+
+def slurm_job() -> str | None:
+    """This process's SLURM job, as `scontrol requeue` names it (`<array job>_<task>` for a task of an array), with
+    the cluster's name; None outside a SLURM job."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    return f"{os.environ.get('SLURM_CLUSTER_NAME', '')}:{job}"
+
+
+def requeue_slurm_job() -> bool:
+    """`scontrol requeue` this SLURM job (it starts again, with SLURM_RESTART_COUNT one higher); True if SLURM
+    accepted. SLURM then stops the job's processes with SIGTERM."""
+    job = (slurm_job() or ":").split(":", 1)[1]
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.warning("Could not requeue SLURM job %s: %s", job, err)
+        return False
+    if result.returncode != 0:
+        log.warning("Could not requeue SLURM job %s: %s", job, (result.stderr or result.stdout).strip())
+        return False
+    return True
 
 
 class CheckpointOnSignal(Callback):
@@ -18,26 +53,36 @@ class CheckpointOnSignal(Callback):
     entry point then exits with 128 + the signal number and prints the resume command).
 
     Lightning turns SIGTERM into a stop after the current step (`SIGTERMException`); this callback also routes
-    SIGUSR1 there (outside SLURM, where Lightning leaves it to kill the process) and the first Ctrl-C, and writes
-    the checkpoint on the way out. A second Ctrl-C interrupts at once, as Python's own handler does. Under SLURM
-    with auto-requeue, Lightning's own SIGUSR1 handler saves and requeues the job.
+    SIGUSR1 there and the first Ctrl-C, and writes the checkpoint on the way out. A second Ctrl-C interrupts at once,
+    as Python's own handler does. In a SLURM batch job, SIGUSR1 (sent before the time limit, or on preemption)
+    also requeues the job once the checkpoint is saved; this replaces Lightning's own SLURM handler, which saves
+    `hpc_ckpt_<n>.ckpt` from inside the signal handler, in the middle of a step. Every checkpoint records the SLURM
+    job that saved it, so that the requeued job resumes only from its own.
+
+    A stop signal that arrived before training started (recorded by `wrncifar.callbacks.early_signals`) stops the run
+    as soon as training starts, before the first step: nothing to save, and in SLURM the job is requeued for
+    SIGUSR1 and starts again cleanly.
     """
 
     def __init__(self, dirpath: str | Path) -> None:
         self.dirpath = Path(dirpath)
         self.signum: int | None = None
+        self.before_training = False  # stopped before the first step of this process: nothing new to save
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         connector = trainer._signal_connector
         for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             previous = signal.getsignal(signum)
-            if signum == signal.SIGUSR1 and previous not in (signal.SIG_DFL, signal.SIG_IGN, None):
-                continue  # Lightning's SLURM requeue handler, or the user's own: leave it
+            ours = (signal.SIG_DFL, signal.SIG_IGN, None)
+            if signum == signal.SIGUSR1 and not (
+                previous in ours or is_early_signals_handler(previous) or isinstance(previous, _HandlersCompose)
+            ):
+                continue  # the user's own handler: leave it
             if signum == signal.SIGINT and previous is not signal.default_int_handler:
                 continue  # Ctrl-C ignored (a background job) or handled by the user's own code
 
             def handler(num: int, frame: Any, previous: Any = previous) -> None:
-                self.signum = num
+                self.signum = self.signum or num  # the first signal says why the run stopped
                 connector.received_sigterm = True  # Lightning stops after the current step
                 if num == signal.SIGINT:
                     signal.signal(num, previous)  # the next Ctrl-C interrupts at once
@@ -45,11 +90,28 @@ class CheckpointOnSignal(Callback):
                     previous(num, frame)
 
             signal.signal(signum, handler)
+        early = early_signal()
+        if early is not None:
+            forget_early_signal()
+            self.signum, self.before_training = early, True
+            name = signal.Signals(early).name
+            log.warning("%s arrived before training started: stopping before the first step", name)
+            raise SIGTERMException
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        job = slurm_job()
+        if job:
+            checkpoint[SLURM_JOB_KEY] = job
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return
-        path = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path, weights_only=False)  # the full state: a resume continues from it
-        exception.signum = self.signum or signal.SIGTERM  # the entry point exits with 128 + signum
-        log.warning("Stopped by a signal after step %d; saved %s", trainer.global_step, path)
+        signum = self.signum or signal.SIGTERM
+        # For the entry point's exit status (128 + signum) and message.
+        exception.signum, exception.saved, exception.requeued = signum, not self.before_training, False
+        if not self.before_training:
+            path = self.dirpath / "last.ckpt"
+            trainer.save_checkpoint(path, weights_only=False)  # the full state: a resume continues from it
+            log.warning("Stopped by a signal after step %d; saved %s", trainer.global_step, path)
+        if signum == signal.SIGUSR1 and SLURMEnvironment.detect() and trainer.is_global_zero:
+            exception.requeued = requeue_slurm_job()

@@ -80,8 +80,14 @@ def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
             log.info("Nothing ran: the run folder %s (its configs and this log) was removed", folder)
         raise SystemExit(1) from err
     except SIGTERMException as err:  # preempted: `CheckpointOnSignal` saved last.ckpt and set the signal
-        signum = getattr(err, "signum", signal.SIGTERM)
-        log.warning("Stopped by %s; resume with resume=%s", signal.Signals(signum).name, cfg.paths.output_dir)
+        signum, folder = getattr(err, "signum", signal.SIGTERM), cfg.paths.output_dir
+        name = signal.Signals(signum).name
+        if getattr(err, "requeued", False):
+            log.warning("Stopped by %s; the SLURM job is requeued and continues in %s", name, folder)
+        elif not getattr(err, "saved", True):
+            log.warning("Stopped by %s before training started: nothing was saved; run the same command again", name)
+        else:
+            log.warning("Stopped by %s; resume with resume=%s", name, folder)
         raise SystemExit(128 + signum) from err
     except Exception as err:
         if multirun:  # the traceback goes to the job's log; Hydra would otherwise stop the sweep with it

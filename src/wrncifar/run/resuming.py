@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, open_dict
 
+from wrncifar.callbacks.checkpoint_on_signal import SLURM_JOB_KEY, slurm_job
 from wrncifar.run.checkpoints import CheckpointError, load_checkpoint, newest_valid_checkpoint
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.folder_lock import check_folder_free
@@ -68,9 +70,52 @@ def archive_run_config(run_dir: Path) -> Path:
     return folder
 
 
+def resume_requeued_slurm_job(cfg: DictConfig) -> None:
+    """A SLURM job started again by a requeue (SLURM_RESTART_COUNT > 0: preempted, or stopped by SIGUSR1 before
+    its time limit) continues from the newest checkpoint it saved in its run folder, as `resume=<run folder>`
+    would: `cfg.resume` is set to the folder, and `ckpt_path` and `init_from`, where the job first started from,
+    give way. With `resume=` in its command, the command already says where to continue.
+
+    Only the job's own checkpoints count (each records the job that saved it, `SLURM_JOB_KEY`): CheckpointError
+    when the folder's newest checkpoint was saved by another run, which starting over would overwrite. A job that
+    saved nothing yet starts from the beginning.
+    """
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    job = slurm_job()
+    if restarts < 1 or job is None or cfg.get("resume"):
+        return
+    run_dir = Path(cfg.paths.output_dir)
+    try:
+        newest = newest_valid_checkpoint(run_dir / "checkpoints")
+    except CheckpointError:
+        log.warning(
+            "SLURM job %s was requeued (restart %d) before it saved a checkpoint in %s: it starts from the "
+            "beginning. (A requeued job finds its checkpoints only in the same folder: hydra.run.dir=…/$SLURM_JOB_ID.)",
+            job.split(":", 1)[1],
+            restarts,
+            run_dir,
+        )
+        return
+    saved_by = load_checkpoint(newest).get(SLURM_JOB_KEY)
+    if saved_by != job:
+        by = f"SLURM job {saved_by.split(':', 1)[1]}" if saved_by else "a run outside SLURM"
+        raise CheckpointError(
+            f"SLURM job {job.split(':', 1)[1]} was requeued, but the newest checkpoint in its folder, {newest}, was "
+            f"saved by {by}: starting over would overwrite that run. Give each job a folder of its own "
+            "(hydra.run.dir=…/$SLURM_JOB_ID), or continue that run with resume=<its folder>"
+        )
+    log.info("SLURM job %s was requeued (restart %d): resuming %s", job.split(":", 1)[1], restarts, run_dir)
+    with open_dict(cfg):
+        cfg.resume = str(run_dir)
+        cfg.ckpt_path = None
+        cfg.init_from = None
+
+
 def checkpoint_to_resume(cfg: DictConfig) -> Path | None:
     """The checkpoint `cfg` resumes from, checked to load: `ckpt_path` as given, or with `resume` the newest
-    valid checkpoint of that run (last.ckpt, else the newest that loads). Sets `cfg.ckpt_path` to it."""
+    valid checkpoint of that run (last.ckpt, else the newest that loads); in a requeued SLURM job, its own newest
+    checkpoint (`resume_requeued_slurm_job`). Sets `cfg.ckpt_path` to it."""
+    resume_requeued_slurm_job(cfg)
     if cfg.get("resume") and cfg.get("ckpt_path"):
         raise ConfigError(
             f"resume={cfg.resume} continues that run from its newest checkpoint, ckpt_path={cfg.ckpt_path} from "
