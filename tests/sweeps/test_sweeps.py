@@ -156,13 +156,13 @@ def test_submitit_local_gives_each_single_device_job_its_own_gpu(monkeypatch: py
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2"
 
 
-def test_slurm_launcher_runs_one_task_per_gpu_and_lets_lightning_requeue(make_config) -> None:
+def test_slurm_launcher_runs_one_task_per_gpu_and_asks_for_the_requeue_signal(make_config) -> None:
     # Composing sets HydraConfig, where the launcher's config lives.
     make_config(["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu"])
     launcher = HydraConfig.get().launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
     assert launcher.tasks_per_node == 4  # Lightning's SLURM environment wants one task per device
-    # SIGUSR1 before the time limit is what Lightning's auto-requeue handles; submitit's resubmission stays off.
+    # SIGUSR1 before the time limit: the run saves last.ckpt and requeues; submitit's resubmission stays off.
     assert launcher.additional_parameters.signal == f"USR1@{launcher.signal_delay_s}" == "USR1@120"
     assert launcher.max_num_timeout == 0
 
