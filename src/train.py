@@ -14,8 +14,8 @@ os.environ.update(project_environment(__file__))
 import hydra
 from omegaconf import DictConfig
 
-from wrncifar.run.command_line import hydra_arguments
 from wrncifar.callbacks.early_signals import record_early_signals
+from wrncifar.run.command_line import hydra_arguments
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train.yaml")
