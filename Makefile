@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 # make gpu-report: DATA_DIR holds the CIFAR-100 arrays; DRY_RUN=1 runs the same steps on the CPU; OUT its folder.
 DATA_DIR ?= data/cifar100
+# make gpu-prepare: the CIFAR-100 arrays to carry, and what the GPU machine's image lacks (docs/benchmarks.md).
+ARRAYS ?= ../shared/data/cifar100
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 python-dotenv==1.2.4 submitit==1.5.4 hydra-submitit-launcher==1.2.0
 DRY_RUN ?=
 OUT ?=
 # CPU=1: PyTorch's CPU-only wheels (about 0.2 GB) instead of the CUDA build PyPI gives on Linux (about 6 GB).
@@ -14,7 +17,7 @@ CPU ?=
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 
 .DEFAULT_GOAL := help
-.PHONY: help install train smoke test test-fast gpu-report lint format clean slurm-up slurm-down
+.PHONY: help install train smoke test test-fast gpu-report gpu-prepare lint format clean slurm-up slurm-down
 
 ## List the targets with what each does.
 help:
@@ -45,6 +48,14 @@ test: install lint
 ## The GPU measurements (bench, fast recipe, paper recipe) in 9 minutes: DATA_DIR=<CIFAR-100 arrays>; DRY_RUN=1 on CPU.
 gpu-report: install
 	$(BIN)/python -m wrncifar.gpu_report $(if $(DRY_RUN),--dry-run,--data-dir "$(DATA_DIR)") $(if $(OUT),--out "$(OUT)") $(ARGS)
+
+## For a lent GPU machine: .whl/ (the wheels its Python 3.12 lacks) and .gpu_data/ (ARRAYS in 55 MB parts).
+gpu-prepare: install
+	rm -rf .whl .gpu_data && mkdir -p .whl .gpu_data
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	$(BIN)/python -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
+	tar -c -C "$(dir $(abspath $(ARRAYS)))" "$(notdir $(abspath $(ARRAYS)))" | split -b 55M - .gpu_data/part_
 
 ## The suite without the tests marked slow (subprocess runs and multi-epoch training).
 test-fast: install
