@@ -13,7 +13,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 
 from wrncifar.callbacks.images_per_second import images_in_batch
-from wrncifar.callbacks.progress_bar import epoch_count, format_duration, format_metrics
+from wrncifar.callbacks.progress_bar import epoch_count, format_duration, format_metrics, remaining_batches
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +90,13 @@ class EpochSummary(Callback):
         if train_time > 0:
             parts.append(f"{self._images / train_time:,.0f} images/s")
         batches = trainer.num_training_batches
-        remaining = _remaining_batches(trainer)
+        remaining = remaining_batches(trainer)
         if remaining > 0 and 0 < batches < float("inf"):
             parts.append(f"run ends in ~{format_duration(remaining * epoch_time / batches)}")
         log.info(" · ".join(p for p in parts if p))
 
     def _log_estimate(self, trainer: Trainer, per_step: float, images_per_second: float) -> None:
-        remaining = _remaining_batches(trainer)
+        remaining = remaining_batches(trainer)
         total = format_duration(remaining * per_step)
         log.info(
             "Measured %.3g s per step (%s images/s): the %d steps left of this run should take about %s, "
@@ -120,7 +120,3 @@ def _device_time(pl_module: LightningModule) -> float:
     if pl_module.device.type == "cuda":
         torch.cuda.synchronize(pl_module.device)
     return time.perf_counter()
-
-
-def _remaining_batches(trainer: Trainer) -> float:
-    return (trainer.estimated_stepping_batches - trainer.global_step) * trainer.accumulate_grad_batches

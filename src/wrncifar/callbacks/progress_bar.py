@@ -137,8 +137,9 @@ class PlainProgressBar(ProgressBar):
         parts.append(f"{self._images / (now - self._last_line):,.0f} images/s")
         per_step = elapsed / done
         parts.append(f"epoch ends in {format_duration((total - done) * per_step)}")
-        remaining = (trainer.estimated_stepping_batches - trainer.global_step) * trainer.accumulate_grad_batches
-        parts.append(f"training ends in ~{format_duration(remaining * per_step)} (validation not counted)")
+        parts.append(
+            f"training ends in ~{format_duration(remaining_batches(trainer) * per_step)} (validation not counted)"
+        )
         log.info(" · ".join(parts))
         self._last_line, self._images, self._loss_sum, self._loss_count = now, 0, None, 0
 
@@ -154,9 +155,8 @@ class PlainProgressBar(ProgressBar):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self.has_dataloader_changed(dataloader_idx)  # points the `total_…_current_dataloader` at this loader
         name = "Sanity check" if trainer.sanity_checking else "Validation"
-        self._evaluation_line(trainer, name, batch_idx + 1, self.total_val_batches_current_dataloader)
+        self._evaluation_line(trainer, name, batch_idx, dataloader_idx, "total_val_batches_current_dataloader")
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start_stage()
@@ -170,8 +170,7 @@ class PlainProgressBar(ProgressBar):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self.has_dataloader_changed(dataloader_idx)  # points the `total_…_current_dataloader` at this loader
-        self._evaluation_line(trainer, "Test", batch_idx + 1, self.total_test_batches_current_dataloader)
+        self._evaluation_line(trainer, "Test", batch_idx, dataloader_idx, "total_test_batches_current_dataloader")
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start_stage()
@@ -185,16 +184,26 @@ class PlainProgressBar(ProgressBar):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self.has_dataloader_changed(dataloader_idx)  # points the `total_…_current_dataloader` at this loader
-        self._evaluation_line(trainer, "Prediction", batch_idx + 1, self.total_predict_batches_current_dataloader)
+        self._evaluation_line(
+            trainer, "Prediction", batch_idx, dataloader_idx, "total_predict_batches_current_dataloader"
+        )
 
-    def _evaluation_line(self, trainer: Trainer, name: str, done: int, total: float) -> None:
+    def _evaluation_line(self, trainer: Trainer, name: str, batch_idx: int, dataloader_idx: int, total: str) -> None:
+        """A line for batch `batch_idx` of the stage `name` when one is due; `total` names the base class's
+        property that counts the current loader's batches."""
         now = self._due(trainer)
         if now is None:
             return
+        self.has_dataloader_changed(dataloader_idx)  # points the `total_…_current_dataloader` at this loader
+        done, total = batch_idx + 1, getattr(self, total)
         per_batch = (now - self._stage_start) / max(done, 1)
         log.info("%s · batch %s · ends in %s", name, _of(done, total), format_duration((total - done) * per_batch))
         self._last_line = now
+
+
+def remaining_batches(trainer: Trainer) -> float:
+    """Training batches left in the run (optimizer steps left × batches per step)."""
+    return (trainer.estimated_stepping_batches - trainer.global_step) * trainer.accumulate_grad_batches
 
 
 def epoch_count(trainer: Trainer) -> str:
