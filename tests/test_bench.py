@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HANG_TIMEOUT_S
-from wrncifar.bench import all_cases, main
+from wrncifar.bench import all_cases, main, selected_cases
 
 TINY = ["--device", "cpu", "--batch-size", "16", "--steps", "2", "--warmup", "1", "--workers", "0"]
 TINY += ["--train-images", "128", "--widths", "4", "8", "8", "8", "--blocks-per-stage", "1"]
@@ -21,6 +22,18 @@ def test_cases_cover_both_loops_pipelines_precisions_and_compilation() -> None:
         for precision in ("fp32", "bf16"):
             for mode in ("eager", "compiled"):
                 assert f"{loop}/device/{precision}/{mode}" in names
+        for variant in ("compiled-blocks", "max-autotune", "cudagraphs"):  # only when named
+            assert f"{loop}/device/bf16/{variant}" in names
+            assert f"{loop}/device/bf16/{variant}" not in {c.name for c in selected_cases(None)}
+    assert [c.name for c in selected_cases(["bf16/compiled-blocks"])] == [
+        "plain/device/bf16/compiled-blocks",
+        "lightning/device/bf16/compiled-blocks",
+    ]
+    # A full name is that case alone, and the order given is the order run.
+    assert [c.name for c in selected_cases(["lightning/device/bf16/compiled", "plain/device/bf16/compiled"])] == [
+        "lightning/device/bf16/compiled",
+        "plain/device/bf16/compiled",
+    ]
 
 
 @pytest.mark.slow
@@ -37,6 +50,7 @@ def test_tiny_benchmark_measures_every_eager_case_and_writes_its_report(tmp_path
         assert r["tflops_per_sec"] == pytest.approx(r["images_per_sec"] * report["train_flops_per_image"] / 1e12)
         assert r["vs_naive"] == pytest.approx(r["images_per_sec"] / naive)
         assert r["peak_memory_mib"] is None and r["mfu"] is None  # CPU: no device memory, no known peak
+        assert r["warmup_s"] > 0
     lightning, plain = results["lightning/device/bf16/eager"], results["plain/device/bf16/eager"]
     assert lightning["vs_plain_device"] == pytest.approx(lightning["images_per_sec"] / plain["images_per_sec"])
     assert results["plain/naive/fp32/eager"]["vs_plain_device"] is None
@@ -44,6 +58,28 @@ def test_tiny_benchmark_measures_every_eager_case_and_writes_its_report(tmp_path
     assert "Top kernels of plain/device/fp32/eager" in report["profile"]
     printed = capsys.readouterr().out
     assert "| plain/naive/fp32/eager |" in printed and "| data pipeline alone |" in printed
+
+
+@pytest.mark.slow
+def test_each_compiled_case_compiles_from_an_empty_cache_of_its_own(tmp_path, monkeypatch) -> None:
+    """A bench of compiled cases measures a first run's compilation (warm-up) every time: run twice, no graph ever
+    comes from a cache, and the user's cache folder is neither used nor changed."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "users-cache"))
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    counters.clear()
+    for attempt in range(2):
+        out = tmp_path / f"bench{attempt}.json"
+        main([*TINY, "--cases", "plain/device/bf16/compiled-blocks", "--json", str(out)])
+        (result,) = json.loads(out.read_text())["results"]
+        assert result["case"] == "plain/device/bf16/compiled-blocks"
+        assert result["images_per_sec"] > 0 and result["warmup_s"] > 0
+    assert counters["inductor"]["fxgraph_cache_miss"] > 0
+    assert counters["inductor"]["fxgraph_cache_hit"] == 0
+    assert not (tmp_path / "users-cache").exists()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "users-cache")
+    assert "TRITON_CACHE_DIR" not in os.environ
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,10 @@
-"""`make gpu-report DRY_RUN=1`: the GPU measurement command's three steps on the CPU (tiny model, synthetic data),
+"""`make gpu-report DRY_RUN=1`: the GPU measurement command's four steps on the CPU (tiny model, synthetic data),
 so that it works the first time it meets a GPU; its table is read back against the runs' own outputs."""
 
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -23,22 +24,30 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.
 
 
 @pytest.mark.slow
-def test_the_dry_run_runs_the_three_steps_and_writes_their_table(dry_run) -> None:
+def test_the_dry_run_runs_the_four_steps_and_writes_their_table(dry_run) -> None:
     out, done = dry_run
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = (out / "report.md").read_text()
     assert table.strip() in done.stdout
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines() if line.startswith("| ")}
-    assert set(rows) >= {"bench", "fast", "paper"}
+    assert set(rows) >= {"bench", "fast", "fast-warm", "paper"}
     assert "experiment=wrn_cifar100_fast" in rows["fast"][1] and "+trainer.max_time=" in rows["paper"][1]
-    for name in ("bench", "fast", "paper"):
+    assert "trainer.max_epochs=1" in rows["fast-warm"][1]
+    for name in ("bench", "fast", "fast-warm", "paper"):
         assert rows[name][2] == "0", name
+        assert "compile_cache_dir" not in rows[name][1]  # a temporary folder: not part of the command to rerun
     for name in ("fast", "paper"):
         with (out / name / "csv" / "metrics.csv").open() as f:
             test = [r for r in csv.DictReader(f) if r.get("test/acc")][-1]
-        assert rows[name][6].rstrip(" |") == f"{float(test['test/acc']):.2%} / {float(test['test/acc_top5']):.2%}"
+        assert rows[name][7].rstrip(" |") == f"{float(test['test/acc']):.2%} / {float(test['test/acc_top5']):.2%}"
         assert rows[name][5].endswith(" s")  # the time to the first training step, from the run's own log line
-    assert (out / "bench" / "bench.json").is_file()
+    # Cold, then warm: the fast recipe compiles into an empty cache, its one-epoch rerun finds every graph there.
+    cold, warm = (rows[name][6].split() for name in ("fast", "fast-warm"))
+    assert int(cold[0]) > 0 and cold[1] == "(0)"
+    assert warm[0] == cold[0] and warm[1] == f"({cold[0]})"
+    assert rows["paper"][6] == "–"  # not compiled in the dry run
+    bench = json.loads((out / "bench" / "bench.json").read_text())
+    assert [r["case"] for r in bench["results"]] == ["plain/device/fp32/eager", "plain/device/fp32/compiled"]
 
 
 def test_make_gpu_report_dry_run_is_this_command() -> None:

@@ -9,8 +9,12 @@ Cases (all in one process, on the same synthetic CIFAR-shaped data, timed after 
   plain/device     the same loop fed by `DeviceBatches` (data on the device), channels_last: (b)
   lightning/device `Trainer.fit` of the project's `ImageClassifier` on the project's datamodule with
                    `on_device=True`, channels_last: (c)
-each at fp32 and bf16 autocast, eager and (for the on-device cases) torch.compile. The data pipeline alone is
-timed too: augmented images/s of `DeviceBatches`, and of one DataLoader worker's PIL transforms.
+each at fp32 and bf16 autocast, eager and (for the on-device cases) torch.compile. Named with `--cases`, the
+compilation variants run too, on the on-device path: `compiled-blocks` (regional compilation, each residual
+block on its own), `max-autotune` (Inductor's autotuned kernels, no CUDA graphs) and `cudagraphs`
+(`reduce-overhead`: CUDA graphs). Each compiled case starts from an empty compilation cache, so its `warmup_s`
+(the untimed first steps) is what a first run's compilation costs. The data pipeline alone is timed too:
+augmented images/s of `DeviceBatches`, and of one DataLoader worker's PIL transforms.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,12 +44,22 @@ from wrncifar.data.arrays import ImageArrays
 from wrncifar.data.cifar100 import CIFAR100DataModule
 from wrncifar.data.transforms import CIFAR100_MEAN, CIFAR100_STD
 from wrncifar.models.classifier import ImageClassifier
+from wrncifar.models.compilation import compile_in_place
 from wrncifar.models.flops import flops_per_image
 from wrncifar.models.optimization import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
 from wrncifar.models.wideresnet import WideResNet
 from wrncifar.run.console import quiet_console
 
 PRECISIONS = {"fp32": ("32-true", None), "bf16": ("bf16-mixed", torch.bfloat16)}
+# How a case runs the network: None (eager), or torch.compile's scope and mode.
+COMPILATIONS: dict[str, tuple[str, str | None] | None] = {
+    "eager": None,
+    "compiled": ("network", None),
+    "compiled-blocks": ("blocks", None),
+    "max-autotune": ("network", "max-autotune-no-cudagraphs"),
+    "cudagraphs": ("network", "reduce-overhead"),
+}
+STANDARD_COMPILATIONS = ("eager", "compiled")
 
 
 @dataclass(frozen=True)
@@ -51,11 +67,23 @@ class Case:
     loop: str  # plain | lightning
     pipeline: str  # naive | device
     precision: str  # fp32 | bf16
-    compiled: bool
+    compilation: str = "eager"  # a key of COMPILATIONS
 
     @property
     def name(self) -> str:
-        return f"{self.loop}/{self.pipeline}/{self.precision}/{'compiled' if self.compiled else 'eager'}"
+        return f"{self.loop}/{self.pipeline}/{self.precision}/{self.compilation}"
+
+    @property
+    def compiled(self) -> bool:
+        return COMPILATIONS[self.compilation] is not None
+
+    @property
+    def compile_scope(self) -> str:
+        return (COMPILATIONS[self.compilation] or ("network", None))[0]
+
+    @property
+    def compile_mode(self) -> str | None:
+        return (COMPILATIONS[self.compilation] or ("network", None))[1]
 
 
 @dataclass
@@ -63,6 +91,7 @@ class Result:
     case: str
     images_per_sec: float
     ms_per_step: float
+    warmup_s: float  # the untimed first steps: with torch.compile, mostly compilation (from an empty cache)
     peak_memory_mib: float | None
     tflops_per_sec: float
     mfu: float | None
@@ -83,11 +112,27 @@ class Report:
     profile: str = ""
 
 
-def all_cases() -> list[Case]:
-    cases = [Case("plain", "naive", p, False) for p in PRECISIONS]
+def all_cases(variants: bool = True) -> list[Case]:
+    """The standard cases, and with `variants` the other compilations of the on-device path."""
+    cases = [Case("plain", "naive", p) for p in PRECISIONS]
     for loop in ("plain", "lightning"):
-        cases += [Case(loop, "device", p, c) for c in (False, True) for p in PRECISIONS]
+        cases += [Case(loop, "device", p, c) for c in STANDARD_COMPILATIONS for p in PRECISIONS]
+    if variants:
+        extra = [c for c in COMPILATIONS if c not in STANDARD_COMPILATIONS]
+        cases += [Case(loop, "device", p, c) for loop in ("plain", "lightning") for c in extra for p in PRECISIONS]
     return cases
+
+
+def selected_cases(patterns: list[str] | None) -> list[Case]:
+    """Without patterns the standard cases; else, pattern by pattern, the case of that exact name or every case whose
+    name contains it (each case once, in the order the patterns give)."""
+    if not patterns:
+        return all_cases(variants=False)
+    chosen: list[Case] = []
+    for pattern in patterns:
+        exact = [c for c in all_cases() if c.name == pattern]
+        chosen += [c for c in exact or [c for c in all_cases() if pattern in c.name] if c not in chosen]
+    return chosen
 
 
 class ArraysDataModule(CIFAR100DataModule):
@@ -154,8 +199,9 @@ def plain_loop(
     warmup: int,
     steps: int,
     after_step: Callable[[], None] | None = None,
-) -> float:
-    """Seconds for `steps` SGD steps after `warmup` steps: forward, loss, backward, step, LR schedule."""
+) -> tuple[float, float]:
+    """Seconds of the `warmup` steps and of the `steps` SGD steps after them: forward, loss, backward, step, LR
+    schedule."""
     optimizer = build_optimizer(net, OptimizerSettings())
     scheduler = build_scheduler(optimizer, ScheduleSettings(), warmup + steps, steps_per_epoch=100)
     criterion = nn.CrossEntropyLoss()
@@ -163,7 +209,7 @@ def plain_loop(
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
     memory_format = torch.channels_last if case.pipeline == "device" else torch.contiguous_format
     batch_iter = forever(batches)
-    start = 0.0
+    began = start = time.perf_counter()
     for step in range(warmup + steps):
         if step == warmup:
             synchronize(device)
@@ -180,7 +226,7 @@ def plain_loop(
         if after_step:
             after_step()
     synchronize(device)
-    return time.perf_counter() - start
+    return start - began, time.perf_counter() - start
 
 
 class Stopwatch(Callback):
@@ -188,9 +234,13 @@ class Stopwatch(Callback):
 
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
+        self.began = 0.0
         self.start = 0.0
         self.seconds = 0.0
         self.steps = 0
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.began = time.perf_counter()
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: object, idx: int) -> None:
         if trainer.global_step == self.warmup:
@@ -209,9 +259,16 @@ class Stopwatch(Callback):
 
 def lightning_fit(
     net: nn.Module, datamodule: CIFAR100DataModule, device: torch.device, case: Case, warmup: int, steps: int
-) -> tuple[float, int | None]:
-    """Seconds for `steps` steps of `Trainer.fit` after `warmup`, and the implicit host–device syncs in them."""
-    model = ImageClassifier(net, channels_last=True, compile=case.compiled)
+) -> tuple[float, float, int | None]:
+    """Seconds of `Trainer.fit`'s `warmup` steps and of the `steps` after them, and the implicit host–device syncs
+    in those."""
+    model = ImageClassifier(
+        net,
+        channels_last=True,
+        compile=case.compiled,
+        compile_scope=case.compile_scope,
+        compile_mode=case.compile_mode,
+    )
     stopwatch = Stopwatch(warmup)
     trainer = Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
@@ -234,7 +291,8 @@ def lightning_fit(
         print(f"host-device sync in a timed Lightning step: {w.filename}:{w.lineno}: {w.message}")
     if stopwatch.steps != steps:
         raise RuntimeError(f"Lightning ran {stopwatch.steps} timed steps, expected {steps}")
-    return stopwatch.seconds, len(syncs) if device.type == "cuda" else None
+    warmup_s = stopwatch.start - stopwatch.began
+    return warmup_s, stopwatch.seconds, len(syncs) if device.type == "cuda" else None
 
 
 def time_case(
@@ -243,7 +301,8 @@ def time_case(
     datamodule: CIFAR100DataModule,
     device: torch.device,
     after_step: Callable[[], None] | None = None,
-) -> tuple[float, int | None]:
+) -> tuple[float, float, int | None]:
+    """Seconds of the warm-up and of the timed steps of `case`, and the host–device syncs of Lightning's steps."""
     torch.manual_seed(0)
     net = WideResNet(num_classes=100, widths=args.widths, blocks_per_stage=args.blocks_per_stage).to(device)
     if case.loop == "lightning":
@@ -263,8 +322,8 @@ def time_case(
             persistent_workers=args.workers > 0,
         )
     if case.compiled:
-        net.compile()
-    return plain_loop(net, batches, device, case, args.warmup, args.steps, after_step), None
+        compile_in_place(net, case.compile_scope, case.compile_mode)
+    return (*plain_loop(net, batches, device, case, args.warmup, args.steps, after_step), None)
 
 
 def pipeline_rates(datamodule: CIFAR100DataModule, device: torch.device, batch_size: int) -> dict[str, float]:
@@ -338,13 +397,14 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> Re
         train_flops_per_image=flops_per_image(net, train=True),
     )
     report.pipeline_images_per_sec = pipeline_rates(datamodule, device, args.batch_size)
-    for case in [c for c in all_cases() if any(pattern in c.name for pattern in args.cases)]:
+    for case in selected_cases(args.cases):
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         torch._dynamo.reset()
-        seconds, syncs = time_case(case, args, datamodule, device)
+        with empty_compile_cache():
+            warmup_s, seconds, syncs = time_case(case, args, datamodule, device)
         images_per_sec = args.steps * args.batch_size / seconds
         tflops = images_per_sec * report.train_flops_per_image / 1e12
         peak = get_available_flops(device, PRECISIONS[case.precision][1] or torch.float32)
@@ -353,17 +413,43 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> Re
                 case=case.name,
                 images_per_sec=images_per_sec,
                 ms_per_step=1000 * seconds / args.steps,
+                warmup_s=warmup_s,
                 peak_memory_mib=torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
                 tflops_per_sec=tflops,
                 mfu=tflops * 1e12 / peak if peak else None,
                 host_syncs=syncs,
             )
         )
-        progress(f"{case.name}: {images_per_sec:,.0f} images/s")
+        progress(f"{case.name}: {images_per_sec:,.0f} images/s (warm-up {warmup_s:.1f} s)")
+        if args.json:  # after each case: a run stopped at a time limit keeps what it measured
+            write_json(report, args.json)
     add_ratios(report.results)
     if args.profile:
         report.profile = top_kernels(case_named(args.profile), args, datamodule, device)
     return report
+
+
+@contextmanager
+def empty_compile_cache() -> Iterator[None]:
+    """torch.compile's caches in a new empty folder for the duration: each case compiles as a first run would."""
+    names = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+    saved = {name: os.environ.get(name) for name in names}
+    with tempfile.TemporaryDirectory(prefix="wrncifar-bench-compile-") as folder:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(folder, "triton")
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def write_json(report: Report, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(report), indent=2) + "\n")
 
 
 def case_named(name: str) -> Case:
@@ -392,12 +478,14 @@ def markdown(report: Report) -> str:
         f"Device: {report.device}; torch {report.torch}; batch {report.batch_size}; widths {report.widths}; "
         f"{report.train_flops_per_image / 1e9:.2f} GFLOP per training image",
         "",
-        "| case | images/s | ms/step | peak memory (MiB) | TFLOP/s | MFU | × (a) naive | × (b) plain | syncs |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| case | images/s | ms/step | warm-up (s) | peak memory (MiB) | TFLOP/s | MFU | × (a) naive | × (b) plain "
+        "| syncs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in report.results:
         lines.append(
-            f"| {r.case} | {r.images_per_sec:,.0f} | {r.ms_per_step:.1f} | {num(r.peak_memory_mib, ',.0f')} | "
+            f"| {r.case} | {r.images_per_sec:,.0f} | {r.ms_per_step:.1f} | {r.warmup_s:.1f} | "
+            f"{num(r.peak_memory_mib, ',.0f')} | "
             f"{r.tflops_per_sec:.3g} | {num(r.mfu, '.1%')} | {num(r.vs_naive, '.2f')} | "
             f"{num(r.vs_plain_device, '.3f')} | {num(r.host_syncs, 'd')} |"
         )
@@ -418,7 +506,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-images", type=int, default=45_000, help="CIFAR-100's training split by default")
     parser.add_argument("--widths", type=int, nargs=4, default=[16, 160, 320, 640], help="the seed's by default")
     parser.add_argument("--blocks-per-stage", type=int, default=2)
-    parser.add_argument("--cases", nargs="+", default=[""], help="run the cases whose name contains one of these")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        help="run these cases (a full name selects that case, a part of one every case containing it), in this "
+        "order (default: the standard cases; the compilation variants compiled-blocks, max-autotune and "
+        "cudagraphs run only when named)",
+    )
     parser.add_argument("--profile", metavar="CASE", help="also list the top kernels of this plain-loop case")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
@@ -440,7 +534,7 @@ def main(argv: list[str] | None = None) -> None:
     report = run(args)
     print(markdown(report))
     if args.json:
-        args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
+        write_json(report, args.json)
 
 
 if __name__ == "__main__":

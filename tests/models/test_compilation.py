@@ -72,3 +72,56 @@ def test_uncompiled_network_is_not_reported_compiled() -> None:
     assert not is_compiled(net)
     net.compile()
     assert is_compiled(net)
+
+
+def deep_net() -> WideResNet:
+    """Three blocks per stage: each stage's second and third block have one shape. No dropout: compiled code
+    draws other random numbers than eager code, and training-mode outputs are compared below."""
+    return WideResNet(num_classes=10, widths=[4, 8, 8, 8], blocks_per_stage=3, dropout=0.0)
+
+
+@pytest.mark.slow
+def test_block_scope_compiles_each_shape_once_in_place_and_matches_eager(tmp_path, caplog) -> None:
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    plain = ImageClassifier(deep_net())
+    compiled = ImageClassifier(deep_net(), compile=True, compile_scope="blocks")
+    compiled.load_state_dict(plain.state_dict())
+    torch._dynamo.reset()
+    counters.clear()
+    # One training step: 9 blocks, 2 shapes per stage (the first block changes the width or the map size).
+    cpu_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(compiled, datamodule=tiny_data())
+    assert all(is_compiled(block) for block in compiled.net.residual_blocks())
+    assert not is_compiled(compiled.net)
+    assert counters["stats"]["unique_graphs"] == 6
+    assert compiled.state_dict().keys() == plain.state_dict().keys()
+
+    # Evaluation adds variants per block (eval mode; full and shorter last batches): none falls back to eager
+    # for want of Dynamo's room for recompiles (8 variants of one piece of code by default).
+    caplog.set_level("WARNING", logger="torch._dynamo")
+    compiled.load_state_dict(plain.state_dict())
+    compiled.eval(), plain.eval()
+    for batch in (8, 5, 3):
+        images = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(images), plain(images), rtol=1e-4, atol=1e-5)
+    compiled.train(), plain.train()
+    for batch in (8, 5, 3):
+        images = torch.randn(batch, 3, 32, 32)
+        torch.testing.assert_close(compiled(images), plain(images), rtol=1e-4, atol=1e-5)
+    assert "recompile_limit" not in caplog.text and "cache_size_limit" not in caplog.text
+
+
+def test_block_scope_needs_a_network_that_lists_its_blocks() -> None:
+    class Plain(torch.nn.Module):
+        num_classes = 10
+
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ValueError, match=r"compile_scope=blocks needs .*Plain.*model\.compile_scope=network"):
+        ImageClassifier(Plain(), compile=True, compile_scope="blocks")
+    with pytest.raises(ValueError, match=r"compile_scope must be one of network, blocks, got 'layers'"):
+        ImageClassifier(small_net(), compile=True, compile_scope="layers")
+    ImageClassifier(Plain(), compile=True)  # the whole network compiles whatever it is

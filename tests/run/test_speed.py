@@ -4,12 +4,17 @@ would report it) and on this CPU, where nothing changes; explicit values always 
 from __future__ import annotations
 
 import logging
+import os
+import re
+from pathlib import Path
 
 import pytest
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from wrncifar.run.speed import COMPILE_FROM_EPOCHS, Hardware, resolve_speed
+from tests.conftest import run_entry
+from wrncifar.run.config_validation import ConfigError
+from wrncifar.run.speed import COMPILE_FROM_EPOCHS, Hardware, resolve_speed, use_compile_cache
 
 H100 = Hardware(cuda=True, name="NVIDIA H100 80GB HBM3", bf16=True, triton=True)
 V100 = Hardware(cuda=True, name="Tesla V100-SXM2-16GB", bf16=False, triton=True)
@@ -84,3 +89,67 @@ def test_auto_reaching_a_class_directly_is_refused_not_read_as_true(make_config)
         instantiate(cfg.data)
     with pytest.raises(InstantiationException, match="channels_last must be true or false here, got 'auto'"):
         instantiate(cfg.model)
+
+
+def test_a_compiling_run_points_torch_compile_at_the_cache_folder(make_config, tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    cfg = make_config(["model.compile=false"])
+    assert cfg.paths.compile_cache_dir.endswith("/.cache/torch_compile")  # in the checkout by default
+    assert use_compile_cache(cfg) is None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+
+    cfg = make_config(["model.compile=true", f"paths.compile_cache_dir={tmp_path / 'cache'}"])
+    assert use_compile_cache(cfg) == tmp_path / "cache"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache")
+    # The variable set outside is the default: what a cluster's job script exports is kept.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "exported"))
+    assert make_config(["model.compile=true"]).paths.compile_cache_dir == str(tmp_path / "exported")
+
+
+def test_an_unwritable_compile_cache_folder_is_refused_before_anything_runs(make_config, tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    (tmp_path / "file").write_text("")
+    cfg = make_config(["model.compile=true", f"paths.compile_cache_dir={tmp_path / 'file' / 'cache'}"])
+    with pytest.raises(
+        ConfigError,
+        match=r"paths\.compile_cache_dir=.*file/cache cannot be created: .*file is a "
+        r"file, not a folder\. Give a writable folder with paths\.compile_cache_dir=.*model\.compile=false",
+    ):
+        use_compile_cache(cfg)
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+
+
+@pytest.mark.slow
+def test_a_second_run_of_the_same_shapes_takes_its_compiled_graphs_from_the_cache(tmp_path) -> None:
+    """Cold, then warm: the first run compiles every graph, the second finds all of them in paths.compile_cache_dir
+    (the first step's log line says so)."""
+    args = [
+        "model=wrn_tiny",
+        "model.net.widths=[4,8,8,8]",
+        "model.net.blocks_per_stage=1",
+        "model.compile=true",
+        "data=synthetic",
+        "data.train_per_class=2",
+        "data.val_per_class=1",
+        "data.test_per_class=1",
+        "data.batch_size=50",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "test=false",
+        "logger=csv",
+        "extras.print_config=false",
+        f"paths.compile_cache_dir={tmp_path / 'cache'}",
+    ]
+    graphs = []
+    for run in ("cold", "warm"):
+        result = run_entry("train.py", [*args, f"hydra.run.dir={tmp_path / run}"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        log = (tmp_path / run / "train.log").read_text()
+        match = re.search(
+            r"First training step done .* \(torch\.compile: (\d+) graphs, (\d+) from the cache in (.*)\)", log
+        )
+        assert match, log[-3000:]
+        graphs.append((int(match[1]), int(match[2]), Path(match[3])))
+    (cold_graphs, cold_hits, folder), (warm_graphs, warm_hits, _) = graphs
+    assert folder == tmp_path / "cache" and any(folder.iterdir())
+    assert cold_graphs > 0 and cold_hits == 0
+    assert warm_hits == warm_graphs == cold_graphs

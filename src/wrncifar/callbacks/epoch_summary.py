@@ -14,6 +14,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 
 from wrncifar.callbacks.images_per_second import images_in_batch
 from wrncifar.callbacks.progress_bar import epoch_count, format_duration, format_metrics, remaining_batches
+from wrncifar.models.compilation import compile_cache_summary
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,12 @@ class EpochSummary(Callback):
         self._steps_seen += 1
         if self._steps_seen == 1:  # waits for data and, once, for compilation: not a typical step
             started = psutil.Process().create_time()
-            log.info("First training step done %.1f s after the process started", time.time() - started)
+            compiled = compile_cache_summary()
+            log.info(
+                "First training step done %.1f s after the process started%s",
+                time.time() - started,
+                f" ({compiled})" if compiled else "",
+            )
             self._window_start, self._window_images = _device_time(pl_module), 0
             return
         self._window_images += images_in_batch(batch)

@@ -15,7 +15,13 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from wrncifar.models.batch_mixing import MixingSettings, build_batch_mixing
-from wrncifar.models.compilation import is_compiled, require_compile_support
+from wrncifar.models.compilation import (
+    CompileScope,
+    check_compile_scope,
+    compile_in_place,
+    network_is_compiled,
+    require_compile_support,
+)
 from wrncifar.models.optimization import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -41,7 +47,9 @@ class ImageClassifier(LightningModule):
         channels_last: NHWC memory format for the network and its inputs (faster convolutions on tensor cores).
         compile: `torch.compile` the network when training or testing starts. It is compiled in place, so
             checkpoints keep plain parameter names and load into an uncompiled network and back.
-        compile_mode: torch.compile's mode (None, "max-autotune", …).
+        compile_mode: torch.compile's mode (None, "max-autotune", "reduce-overhead" for CUDA graphs, …).
+        compile_scope: `network` compiles the whole network as one graph; `blocks` compiles each residual block on
+            its own, blocks of one shape sharing a graph (regional compilation, `wrncifar.models.compilation`).
     """
 
     def __init__(
@@ -55,6 +63,7 @@ class ImageClassifier(LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         compile_mode: str | None = None,
+        compile_scope: CompileScope = "network",
     ) -> None:
         super().__init__()
         for name, flag in (("channels_last", channels_last), ("compile", compile)):
@@ -62,6 +71,7 @@ class ImageClassifier(LightningModule):
                 raise ValueError(f"{name} must be true or false here, got {flag!r} (the entry points resolve auto)")
         if compile:
             require_compile_support()
+        check_compile_scope(net, compile_scope)
         self.optimizer_settings = _settings(OptimizerSettings, optimizer)
         self.schedule_settings = _settings(ScheduleSettings, scheduler)
         self.mixing_settings = _settings(MixingSettings, mixing)
@@ -84,6 +94,7 @@ class ImageClassifier(LightningModule):
         # Not `self.compile`: that would hide nn.Module.compile.
         self.compile_network = compile
         self.compile_mode = compile_mode
+        self.compile_scope = compile_scope
         # Filled from the datamodule's `classes` at setup, for loggers and callbacks that show class names.
         self.class_names: tuple[str, ...] = ()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -108,9 +119,9 @@ class ImageClassifier(LightningModule):
 
     def configure_model(self) -> None:
         # After the callbacks' setup (which may count the network's FLOPs) and before the first step.
-        if self.compile_network and not is_compiled(self.net):
+        if self.compile_network and not network_is_compiled(self.net, self.compile_scope):
             require_compile_support(self.trainer.strategy.root_device)
-            self.net.compile(mode=self.compile_mode)
+            compile_in_place(self.net, self.compile_scope, self.compile_mode)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resumed with other training settings: this config's take effect from the checkpoint on, and the log says

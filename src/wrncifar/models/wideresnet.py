@@ -92,6 +92,10 @@ class _StagedNetwork(nn.Module):
     def _build(self, in_channels: int, widths: tuple[int, ...], blocks_per_stage: int, dropout: float) -> None:
         raise NotImplementedError
 
+    def residual_blocks(self) -> list[nn.Module]:
+        """The residual blocks in the order the input passes them: what `model.compile_scope=blocks` compiles."""
+        raise NotImplementedError
+
 
 class WideResNet(_StagedNetwork):
     """The seed WideResNet: a stem, three stages of residual blocks with max-pooling between, global pooling, fc.
@@ -123,6 +127,9 @@ class WideResNet(_StagedNetwork):
                 setattr(self, name, block)
             if stage < len(self.stage_blocks):
                 setattr(self, f"pool{stage}", nn.MaxPool2d(2))
+
+    def residual_blocks(self) -> list[nn.Module]:
+        return [getattr(self, name) for names in self.stage_blocks for name in names]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.input_block(x)
@@ -184,6 +191,9 @@ class PreActWideResNet(_StagedNetwork):
         self.downsample = nn.MaxPool2d(2)  # between stages, as in the seed
         self.final_bn = nn.BatchNorm2d(widths[-1])
         self.final_relu = nn.ReLU()
+
+    def residual_blocks(self) -> list[nn.Module]:
+        return [block for stage in self.stages for block in stage]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.input_block(x)

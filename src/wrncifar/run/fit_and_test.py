@@ -24,7 +24,7 @@ from wrncifar.run.distributed import check_launch, stop_if_group_does_not_form
 from wrncifar.run.extras import apply_extras
 from wrncifar.run.loggers import CSVLogger
 from wrncifar.run.resuming import check_not_finished, checkpoint_to_resume
-from wrncifar.run.speed import resolve_speed
+from wrncifar.run.speed import resolve_speed, use_compile_cache
 from wrncifar.run.tracking import continue_tensorboard, group_sweep_jobs, keep_wandb_run, log_run_config
 from wrncifar.sweeps.summary import in_multirun
 
@@ -39,6 +39,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     quiet_console()
     resolve_speed(cfg, training=cfg.get("train", True))  # the `auto` speed settings, before they are checked
     validate_config(cfg)
+    use_compile_cache(cfg)
     apply_extras(cfg)  # the config tree is printed once it is known to be valid: an error comes first
     if cfg.get("seed") is not None:
         seed_everything(cfg.seed, workers=True)

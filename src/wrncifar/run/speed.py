@@ -16,10 +16,15 @@ each choice off.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, open_dict
+
+from wrncifar.run.config_validation import ConfigError
+from wrncifar.run.run_folder import unwritable_reason
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +104,21 @@ def _describe(trainer: DictConfig, data: DictConfig, model: DictConfig) -> str:
     ]
     off = [o for o in off if o]
     return ", ".join(parts) + (f" (off with {' '.join(off)})" if off else "")
+
+
+def use_compile_cache(cfg: DictConfig) -> Path | None:
+    """Point torch.compile's caches at `paths.compile_cache_dir` when the run compiles (the environment variable is
+    what Inductor, its compile workers and a distributed run's other processes read); the folder, refused with the
+    reason when it cannot be written. Returns the folder, or None for a run that does not compile."""
+    folder = (cfg.get("paths") or {}).get("compile_cache_dir")
+    if not (cfg.get("model") or {}).get("compile") or not folder:
+        return None
+    folder = Path(str(folder)).expanduser().absolute()
+    reason = unwritable_reason(folder)
+    if reason is not None:
+        raise ConfigError(
+            f"paths.compile_cache_dir={folder} cannot be created: {reason}. Give a writable folder with "
+            "paths.compile_cache_dir=… (or TORCHINDUCTOR_CACHE_DIR=…), or train without compiling: model.compile=false"
+        )
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return folder
