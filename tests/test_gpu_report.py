@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,9 @@ def test_the_dry_run_runs_the_four_steps_and_writes_their_table(dry_run) -> None
     assert int(cold[0]) > 0 and cold[1] == "(0)"
     assert warm[0] == cold[0] and warm[1] == f"({cold[0]})"
     assert rows["paper"][6] == "–"  # not compiled in the dry run
+    # Where each recipe's time to the first step went, as its run logged it.
+    assert re.search(r"^- fast: [\d.]+ s: [\d.]+ s before training .* s the step \(torch\.compile: ", table, re.M)
+    assert re.search(r"^- paper: [\d.]+ s: [\d.]+ s before training .* s the step$", table, re.M)
     bench = json.loads((out / "bench" / "bench.json").read_text())
     assert [r["case"] for r in bench["results"]] == ["plain/device/fp32/eager", "plain/device/fp32/compiled"]
 

@@ -87,10 +87,8 @@ DRY_TRAIN = [
 DRY_COMPILE = ["model.compile=true", "model.net.widths=[4,8,8,8]", "model.net.blocks_per_stage=1"]
 # What the paper recipe leaves for its test and for writing its outputs once max_time stops it.
 TEST_RESERVE_S = 45
-FIRST_STEP = re.compile(
-    r"First training step done ([\d.]+) s after the process started"
-    r"(?: \(torch\.compile: (\d+) graphs, (\d+) from the cache)?"
-)
+FIRST_STEP = re.compile(r"First training step done ([\d.]+) s after the process started(.*)")
+COMPILED = re.compile(r"\(torch\.compile: (\d+) graphs, (\d+) from the cache")
 
 
 @dataclass
@@ -101,6 +99,7 @@ class Step:
     returncode: int | None = None
     images_per_sec: float | None = None
     first_step_s: float | None = None
+    start_up: str = ""  # where the time to the first step went, as the run logged it
     compiled_graphs: int | None = None
     cached_graphs: int | None = None
     test_top1: float | None = None
@@ -124,8 +123,9 @@ def run_step(step: Step, out: Path, timeout_s: float) -> Step:
     text = (folder / "console.log").read_text(errors="replace")
     if match := FIRST_STEP.search(text):
         step.first_step_s = float(match.group(1))
-        if match.group(2) is not None:
-            step.compiled_graphs, step.cached_graphs = int(match.group(2)), int(match.group(3))
+        step.start_up = match.group(2).lstrip(": ")
+        if compiled := COMPILED.search(match.group(2)):
+            step.compiled_graphs, step.cached_graphs = int(compiled.group(1)), int(compiled.group(2))
     metrics = folder / "csv" / "metrics.csv"
     if metrics.is_file():
         _read_metrics(step, metrics)
@@ -191,6 +191,9 @@ def markdown(results: list[Step], device: str) -> str:
         top = f"{s.test_top1:.2%} / {s.test_top5:.2%}" if s.test_top1 is not None and s.test_top5 is not None else "–"
         graphs = f"{s.compiled_graphs} ({s.cached_graphs})" if s.compiled_graphs is not None else "–"
         lines.append(f"| {s.name} | `{shown}` | {exit_code} | {rate} | {s.wall_s:.0f} s | {first} | {graphs} | {top} |")
+    start_ups = [f"- {s.name}: {s.first_step_s:.1f} s: {s.start_up}" for s in results if s.start_up]
+    if start_ups:
+        lines += ["", "Time to the first training step:", "", *start_ups]
     return "\n".join(lines)
 
 

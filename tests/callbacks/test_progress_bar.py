@@ -85,6 +85,19 @@ def test_the_run_says_how_long_it_will_take_and_on_the_cpu_what_to_run_instead(b
     assert "This run trains on the CPU and would take about" in output and "make smoke" in output
 
 
+def test_the_first_step_line_says_where_the_start_up_time_went(batch_job: tuple[Path, str]) -> None:
+    run_dir, _ = batch_job
+    match = re.search(
+        r"First training step done ([\d.]+) s after the process started: ([\d.]+) s before training \(imports, "
+        r"config, data, set-up\), ([\d.]+) s sanity validation, ([\d.]+) s the step\n",
+        (run_dir / "train.log").read_text(),
+    )
+    assert match, "no start-up line"
+    total, *parts = map(float, match.groups())
+    assert sum(parts) == pytest.approx(total, abs=0.16)  # the parts add up, to their rounding
+    assert all(part > 0 for part in parts)
+
+
 def test_the_model_summary_counts_the_networks_flops(batch_job: tuple[Path, str]) -> None:
     _, output = batch_job
     tiny = WideResNet(num_classes=100, widths=[8, 16, 32, 64])

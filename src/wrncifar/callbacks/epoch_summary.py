@@ -24,7 +24,10 @@ SUMMARY_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_be
 class EpochSummary(Callback):
     """Logs, on rank 0:
 
-    - when the first step is done: how long after the process started (imports, data, compilation);
+    - when the first step is done: how long after the process started, and where that time went: before training
+      (imports, config, data, set-up), the sanity validation (with torch.compile, the evaluation graph's
+      compilation) and the first step itself (the training graph's), with how many compiled graphs came from the
+      compilation cache;
     - once, after `measure_steps` steps (the first step, which waits for data and compilation, not counted): the
       time per step and what it makes of the whole run; on the CPU, when that exceeds `cpu_warning_hours`, a
       warning that says what to run instead;
@@ -44,9 +47,19 @@ class EpochSummary(Callback):
         self._train_end = 0.0
         self._images = 0
         self._validated = False
+        self._sanity_start = 0.0
+        self._sanity_s = 0.0
+        self._train_start = 0.0
+
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._sanity_start = time.time()
+
+    def on_sanity_check_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._sanity_s = time.time() - self._sanity_start
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._measured, self._steps_seen = False, 0
+        self._train_start = time.time()
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._epoch_start = self._train_end = time.perf_counter()
@@ -61,13 +74,7 @@ class EpochSummary(Callback):
             return
         self._steps_seen += 1
         if self._steps_seen == 1:  # waits for data and, once, for compilation: not a typical step
-            started = psutil.Process().create_time()
-            compiled = compile_cache_summary()
-            log.info(
-                "First training step done %.1f s after the process started%s",
-                time.time() - started,
-                f" ({compiled})" if compiled else "",
-            )
+            self._log_start_up()
             self._window_start, self._window_images = _device_time(pl_module), 0
             return
         self._window_images += images_in_batch(batch)
@@ -100,6 +107,21 @@ class EpochSummary(Callback):
         if remaining > 0 and 0 < batches < float("inf"):
             parts.append(f"run ends in ~{format_duration(remaining * epoch_time / batches)}")
         log.info(" · ".join(p for p in parts if p))
+
+    def _log_start_up(self) -> None:
+        now, started = time.time(), psutil.Process().create_time()
+        before_training = self._train_start - started - self._sanity_s
+        parts = [f"{before_training:.1f} s before training (imports, config, data, set-up)"]
+        if self._sanity_s:
+            parts.append(f"{self._sanity_s:.1f} s sanity validation")
+        parts.append(f"{now - self._train_start:.1f} s the step")
+        compiled = compile_cache_summary()
+        log.info(
+            "First training step done %.1f s after the process started: %s%s",
+            now - started,
+            ", ".join(parts),
+            f" ({compiled})" if compiled else "",
+        )
 
     def _log_estimate(self, trainer: Trainer, per_step: float, images_per_second: float) -> None:
         remaining = remaining_batches(trainer)
