@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HANG_TIMEOUT_S, ROOT
-from wrncifar.gpu_report import parse_args
+from wrncifar.gpu_report import Step, _read_metrics, markdown, parse_args
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +40,14 @@ def test_the_dry_run_runs_the_four_steps_and_writes_their_table(dry_run) -> None
     for name in ("fast", "paper"):
         with (out / name / "csv" / "metrics.csv").open() as f:
             test = [r for r in csv.DictReader(f) if r.get("test/acc")][-1]
-        assert rows[name][7].rstrip(" |") == f"{float(test['test/acc']):.2%} / {float(test['test/acc_top5']):.2%}"
-        assert rows[name][5].endswith(" s")  # the time to the first training step, from the run's own log line
+        assert rows[name][8].rstrip(" |") == f"{float(test['test/acc']):.2%} / {float(test['test/acc_top5']):.2%}"
+        assert rows[name][6].endswith(" s")  # the time to the first training step, from the run's own log line
     # Cold, then warm: the fast recipe compiles into an empty cache, its one-epoch rerun finds every graph there.
-    cold, warm = (rows[name][6].split() for name in ("fast", "fast-warm"))
+    cold, warm = (rows[name][7].split() for name in ("fast", "fast-warm"))
     assert int(cold[0]) > 0 and cold[1] == "(0)"
     assert warm[0] == cold[0] and warm[1] == f"({cold[0]})"
-    assert rows["paper"][6] == "–"  # not compiled in the dry run
+    assert rows["paper"][7] == "–"  # not compiled in the dry run
+    assert {rows[name][4] for name in ("bench", "fast", "fast-warm", "paper")} == {"–"}  # no GPU memory on the CPU
     # Where each recipe's time to the first step went, as its run logged it.
     assert re.search(r"^- fast: [\d.]+ s: [\d.]+ s before training .* s the step \(torch\.compile: ", table, re.M)
     assert re.search(r"^- paper: [\d.]+ s: [\d.]+ s before training .* s the step$", table, re.M)
@@ -69,3 +70,20 @@ def test_without_a_gpu_the_real_run_says_to_use_the_dry_run(capsys) -> None:
     with pytest.raises(SystemExit):
         parse_args(["--data-dir", "data"])
     assert "no CUDA GPU here: run it on a GPU machine, or check it on the CPU with --dry-run" in capsys.readouterr().err
+
+
+def test_a_recipes_peak_gpu_memory_is_its_largest_epoch_peak(tmp_path) -> None:
+    rows = [
+        {"epoch": "0", "train/images_per_sec": "20000", "gpu/max_memory_allocated_gib": "3.1", "test/acc": ""},
+        {"epoch": "1", "train/images_per_sec": "22000", "gpu/max_memory_allocated_gib": "3.4", "test/acc": ""},
+        {"epoch": "1", "train/images_per_sec": "", "gpu/max_memory_allocated_gib": "", "test/acc": "0.75"},
+    ]
+    path = tmp_path / "metrics.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    step = Step("fast", ["python", "src/train.py"])
+    _read_metrics(step, path)
+    assert (step.peak_memory_gib, step.images_per_sec, step.test_top1) == (3.4, 21000, 0.75)
+    assert "| 21,000 | 3.40 GiB |" in markdown([step], "NVIDIA H200")

@@ -12,10 +12,10 @@ Within a time budget (9 minutes by default) it runs, in this order:
    budget allows (`trainer.max_time`), then its test.
 
 Each step's raw output (console, metrics.csv, the bench's JSON) goes to `<out>/<step>/`, and `<out>/report.md`
-holds a Markdown table: device, torch/CUDA versions, command, images/s, wall time, time to the first training
-step, compiled graphs (and how many came from the cache), test top-1/top-5. `--dry-run` runs the same steps on
-the CPU with the tiny model and synthetic data in a minute or two (the test suite does), so the command works the
-first time it meets a GPU.
+holds a Markdown table: device, torch/CUDA versions, command, images/s, peak GPU memory, wall time, time to the
+first training step, compiled graphs (and how many came from the cache), test top-1/top-5. `--dry-run` runs the
+same steps on the CPU with the tiny model and synthetic data in a few minutes (the test suite does), so the
+command works the first time it meets a GPU.
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ class Step:
     start_up: str = ""  # where the time to the first step went, as the run logged it
     compiled_graphs: int | None = None
     cached_graphs: int | None = None
+    peak_memory_gib: float | None = None  # the largest per-epoch peak of allocated GPU memory (or the bench's)
     test_top1: float | None = None
     test_top5: float | None = None
 
@@ -131,8 +132,11 @@ def run_step(step: Step, out: Path, timeout_s: float) -> Step:
         _read_metrics(step, metrics)
     bench = folder / "bench.json"
     if bench.is_file():
-        rates = [r["images_per_sec"] for r in json.loads(bench.read_text())["results"]]
-        step.images_per_sec = max(rates) if rates else None
+        cases = json.loads(bench.read_text())["results"]
+        step.images_per_sec = max((r["images_per_sec"] for r in cases), default=None)
+        # The first case's: the default fast path (bf16, compiled) at the bench's batch size.
+        if cases and cases[0].get("peak_memory_mib") is not None:
+            step.peak_memory_gib = cases[0]["peak_memory_mib"] / 1024
     return step
 
 
@@ -141,6 +145,8 @@ def _read_metrics(step: Step, path: Path) -> None:
         rows = list(csv.DictReader(f))
     rates = [float(r["train/images_per_sec"]) for r in rows if r.get("train/images_per_sec")]
     step.images_per_sec = statistics.median(rates) if rates else None
+    peaks = [float(r["gpu/max_memory_allocated_gib"]) for r in rows if r.get("gpu/max_memory_allocated_gib")]
+    step.peak_memory_gib = max(peaks) if peaks else None
     tests = [r for r in rows if r.get("test/acc")]
     if tests:
         step.test_top1 = float(tests[-1]["test/acc"])
@@ -177,9 +183,9 @@ def markdown(results: list[Step], device: str) -> str:
     lines = [
         f"Device: {device}; torch {torch.__version__} (CUDA {cuda}); {date.today().isoformat()}",
         "",
-        "| step | command | exit | images/s | wall time | first step after | compiled graphs (from cache) "
-        "| test top-1 / top-5 |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| step | command | exit | images/s | peak memory | wall time | first step after "
+        "| compiled graphs (from cache) | test top-1 / top-5 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     hidden = ("hydra.run.dir", "--json", "paths.compile_cache_dir", str(results[0].command[0]) if results else "")
     for s in results:
@@ -190,7 +196,9 @@ def markdown(results: list[Step], device: str) -> str:
         first = f"{s.first_step_s:.1f} s" if s.first_step_s is not None else "–"
         top = f"{s.test_top1:.2%} / {s.test_top5:.2%}" if s.test_top1 is not None and s.test_top5 is not None else "–"
         graphs = f"{s.compiled_graphs} ({s.cached_graphs})" if s.compiled_graphs is not None else "–"
-        lines.append(f"| {s.name} | `{shown}` | {exit_code} | {rate} | {s.wall_s:.0f} s | {first} | {graphs} | {top} |")
+        memory = f"{s.peak_memory_gib:.2f} GiB" if s.peak_memory_gib is not None else "–"
+        cells = [s.name, f"`{shown}`", exit_code, rate, memory, f"{s.wall_s:.0f} s", first, graphs, top]
+        lines.append(f"| {' | '.join(cells)} |")
     start_ups = [f"- {s.name}: {s.first_step_s:.1f} s: {s.start_up}" for s in results if s.start_up]
     if start_ups:
         lines += ["", "Time to the first training step:", "", *start_ups]
