@@ -125,3 +125,27 @@ def test_block_scope_needs_a_network_that_lists_its_blocks() -> None:
     with pytest.raises(ValueError, match=r"compile_scope must be one of network, blocks, got 'layers'"):
         ImageClassifier(small_net(), compile=True, compile_scope="layers")
     ImageClassifier(Plain(), compile=True)  # the whole network compiles whatever it is
+
+
+@pytest.mark.slow
+def test_evaluation_runs_the_network_eagerly_unless_compile_eval(tmp_path) -> None:
+    """Validation and test of a compiled model compile nothing by default (their graphs would cost more than CIFAR's
+    evaluation images save), and give what the compiled evaluation gives."""
+    from torch._dynamo.utils import counters
+
+    graphs, metrics = {}, {}
+    for compile_eval in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        model = ImageClassifier(small_net(), compile=True, compile_eval=compile_eval)
+        trainer = cpu_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+        trainer.fit(model, datamodule=tiny_data())
+        trained = counters["stats"]["unique_graphs"]
+        assert trained >= 1  # the training step is compiled either way
+        evaluation = cpu_trainer(tmp_path)
+        (metrics[compile_eval],) = evaluation.validate(model, datamodule=tiny_data())
+        evaluation.test(model, datamodule=tiny_data())
+        graphs[compile_eval] = counters["stats"]["unique_graphs"] - trained
+    assert graphs[False] == 0 and graphs[True] >= 1
+    assert metrics[False] == pytest.approx(metrics[True], rel=1e-4)

@@ -28,6 +28,15 @@ def test_a_path_is_read_as_typed_whatever_its_characters(name: str) -> None:
         assert quote_path(quoted) == quoted  # quoting twice changes nothing
 
 
+def test_an_entry_points_own_path_keys_are_read_as_typed() -> None:
+    """predict.py's `input`/`output` and export.py's `output`: paths there, not keys of the other entry points."""
+    path = "/photos/holiday 2026, day [1]/it's.png"
+    for key in ("input", "output"):
+        quoted = quote_path(f"{key}={path}", ("input", "output"))
+        assert OverridesParser.create().parse_override(quoted).value() == path
+    assert quote_path(f"input={path}") == f"input={path}"  # not a path key unless the entry point says so
+
+
 def test_other_values_and_explicit_sweeps_are_left_as_typed() -> None:
     for arg in ["model.net.widths=[1,2]", "seed=1,2", "ckpt_path=null", "data.data_dir=choice('a','b')", "x=${y}"]:
         assert quote_path(arg) == arg

@@ -165,6 +165,24 @@ def test_an_npz_with_flip_tta_in_small_batches_from_relative_paths(trained_run: 
 
 
 @pytest.mark.slow
+def test_input_and_output_paths_are_read_as_typed_whatever_their_characters(
+    trained_run: Path, image_folder: Path, tmp_path: Path
+) -> None:
+    awkward = tmp_path / "holiday 2026, day [1] (it's) lr=0.1"
+    shutil.copytree(image_folder / "cifar", awkward / "photos")
+    output = awkward / "out, final" / "predictions.csv"
+    args = [
+        f"ckpt_path={best_checkpoint(trained_run)}",
+        f"input={awkward / 'photos'}",
+        f"output={output}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    result = run_entry("predict.py", args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [row["file"] for row in read_csv(output)] == [f"img_{i:02d}.png" for i in range(CIFAR_IMAGES)]
+
+
+@pytest.mark.slow
 def test_an_empty_folder_is_one_message_and_exit_1(trained_run: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     args = [

@@ -30,13 +30,13 @@ def null_group_overrides(args: list[str]) -> list[str]:
 PATH_KEYS = ("ckpt_path", "init_from", "resume", "data.data_dir", "eval.report_dir", "hydra.run.dir", "hydra.sweep.dir")
 
 
-def quote_path(arg: str) -> str:
+def quote_path(arg: str, path_keys: tuple[str, ...] = ()) -> str:
     """`key=<path>` with the path in single quotes when Hydra would not read it as typed (`ckpt_path=/a b,c/x.ckpt`
     → `ckpt_path='/a b,c/x.ckpt'`). Values already quoted, `null` and interpolations (`${…}`) are left as they are;
-    to sweep over paths, use `choice('a','b')`."""
+    to sweep over paths, use `choice('a','b')`. `path_keys`: an entry point's own path keys besides `PATH_KEYS`."""
     key, sep, value = arg.partition("=")
     name = key.lstrip("+~")
-    if not sep or not (name in PATH_KEYS or name.startswith("paths.")):
+    if not sep or not (name in PATH_KEYS or name in path_keys or name.startswith("paths.")):
         return arg
     if not value or value[0] in "'\"" or value == "null" or "${" in value or value.startswith(("choice(", "glob(")):
         return arg
@@ -51,10 +51,11 @@ def quote_path(arg: str) -> str:
     return f"{key}='{escaped}'"
 
 
-def hydra_arguments(args: list[str], resumable: bool) -> list[str]:
+def hydra_arguments(args: list[str], resumable: bool, path_keys: tuple[str, ...] = ()) -> list[str]:
     """`args` with, when `resumable`, `resume=<run_dir>` expanded (see `resume_overrides`), then paths quoted
-    (`quote_path`) and `null_group_overrides` applied. A folder that cannot be resumed (not a run, or a run still
-    running) prints its message and exits 1: Hydra has not set up logging yet, so there is no log file for it."""
+    (`quote_path`, `path_keys` the entry point's own) and `null_group_overrides` applied. A folder that cannot be
+    resumed (not a run, or a run still running) prints its message and exits 1: Hydra has not set up logging yet,
+    so there is no log file for it."""
     if resumable and any(arg.startswith("resume=") for arg in args):
         # Imported only here: they load torch and Lightning, and a command without resume= should reach Hydra's
         # own checks (a mistyped key, a missing option) in a second, not after those imports.
@@ -68,7 +69,7 @@ def hydra_arguments(args: list[str], resumable: bool) -> list[str]:
         except (CheckpointError, ConfigError, FolderInUseError) as err:
             print(f"Error: {err}", file=sys.stderr)
             raise SystemExit(1) from err
-    return null_group_overrides([quote_path(arg) for arg in args])
+    return null_group_overrides([quote_path(arg, path_keys) for arg in args])
 
 
 def absolute_paths(cfg: DictConfig) -> None:
