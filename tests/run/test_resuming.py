@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,16 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import CONFIGS, FEW_IMAGES, HANG_TIMEOUT_S, ROOT, TINY_SYNTHETIC, read_metrics, run_entry
+from tests.conftest import (
+    CONFIGS,
+    FEW_IMAGES,
+    HANG_TIMEOUT_S,
+    ROOT,
+    TINY_SYNTHETIC,
+    last_logged,
+    read_metrics,
+    run_entry,
+)
 from wrncifar.run.checkpoints import CheckpointError
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.folder_lock import check_folder_free
@@ -359,6 +369,33 @@ def test_resuming_a_finished_run_says_so_and_what_to_do(tmp_path, reference) -> 
     out = result.stdout + result.stderr
     assert "is from a run that has already trained 2 epochs" in out and "larger trainer.max_epochs" in out
     assert "optimized_metric" not in out and "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_a_slurm_job_requeued_after_its_training_ended_only_tests(tmp_path) -> None:
+    """Preempted or requeued once training is over (in its test, say), the job's rerun of the same command trains
+    nothing and tests the best checkpoint, instead of refusing a finished run."""
+    run_dir = tmp_path / "run"
+    args = [*FEW_IMAGES, "trainer.max_epochs=2", "logger=csv", f"hydra.run.dir={run_dir}"]
+    job = {"SLURM_JOB_ID": "4242", "SLURM_CLUSTER_NAME": "test"}
+    first = run_entry("train.py", args, env=job)
+    assert first.returncode == 0, first.stderr[-3000:]
+    trained = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    tested = last_logged(read_metrics(run_dir), "test/acc")
+
+    again = run_entry("train.py", args, env={**job, "SLURM_RESTART_COUNT": "1"})
+    out = again.stdout + again.stderr
+    # Exit 0 also says the optimized metric (val/acc_best, restored: nothing was validated) was there to return.
+    assert again.returncode == 0, out[-3000:]
+    assert "SLURM job 4242 was requeued after its training had ended (2 epochs" in out
+    assert re.search(r"Testing the best checkpoint: .*/checkpoints/epoch", out)
+    assert "already trained" not in out and "Traceback" not in out
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == trained["global_step"]
+    assert last_logged(read_metrics(run_dir), "test/acc") == tested  # the same best checkpoint, tested again
+
+    # Another job's checkpoint, or no requeue at all, is still a finished run to refuse.
+    refused = run_entry("train.py", [f"resume={run_dir}"], env={"SLURM_JOB_ID": "9", "SLURM_RESTART_COUNT": "1"})
+    assert refused.returncode == 1 and "already trained 2 epochs" in refused.stdout + refused.stderr
 
 
 def test_resume_and_ckpt_path_together_are_refused(make_config, tmp_path) -> None:

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
+from torchmetrics import MaxMetric
 
 from wrncifar.run.checkpoints import check_compatible, load_checkpoint, load_network_weights
 from wrncifar.run.config_validation import ConfigError, check_num_classes, validate_config
@@ -60,12 +61,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("Starting from the network weights of %s (new optimizer and schedule)", cfg.init_from)
     # The step training continues from: loggers drop what an earlier process of this run logged after it.
     continue_at = None
+    trained_already = False
     if resume_from is not None:
         checkpoint = load_checkpoint(resume_from)
         check_compatible(model, checkpoint, resume_from)
         continue_at = int(checkpoint.get("global_step", 0)) if cfg.get("train", True) else None
         if cfg.get("train", True):
-            check_not_finished(checkpoint, resume_from, cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps"))
+            trained_already = check_not_finished(
+                checkpoint, resume_from, cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
+            )
     if continue_at is not None:
         continue_tensorboard(cfg, continue_at)
     if cfg.get("resume"):
@@ -92,6 +96,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = metrics_as_floats(trainer.callback_metrics)
+    if trained_already and isinstance(getattr(model, "val_acc_best", None), MaxMetric):
+        # Nothing was trained, so nothing validated: the best validation accuracy is the restored one.
+        metrics["val/acc_best"] = float(model.val_acc_best.compute())
 
     if cfg.get("test", True):
         ckpt_path = _checkpoint_to_test(trainer, cfg)

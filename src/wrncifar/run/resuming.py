@@ -134,9 +134,21 @@ def checkpoint_to_resume(cfg: DictConfig) -> Path | None:
     return path
 
 
-def check_not_finished(checkpoint: dict, path: Path, max_epochs: int | None, max_steps: int | None) -> None:
+def requeued_with_own_checkpoint(checkpoint: dict) -> bool:
+    """True in a requeued SLURM job resuming a checkpoint it saved itself (`resume_requeued_slurm_job`)."""
+    job = slurm_job()
+    return (
+        int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 and job is not None and checkpoint.get(SLURM_JOB_KEY) == job
+    )
+
+
+def check_not_finished(checkpoint: dict, path: Path, max_epochs: int | None, max_steps: int | None) -> bool:
     """ConfigError when the run of `checkpoint` has already trained for `max_epochs` (or `max_steps`): Lightning
-    would train nothing and the run would end without its metrics."""
+    would train nothing and the run would end without its metrics.
+
+    Except in a SLURM job requeued after its training had ended (preempted in its test, say): it goes on with
+    what is left, Lightning restoring the finished state (the best checkpoint among it) and training nothing, and
+    the test of the best checkpoint runs as it would have. Returns True then: the run has nothing left to train."""
     epochs_done = int(
         checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed", 0)
     )
@@ -144,9 +156,19 @@ def check_not_finished(checkpoint: dict, path: Path, max_epochs: int | None, max
     done = (max_epochs not in (None, -1) and epochs_done >= max_epochs) or (
         max_steps not in (None, -1) and steps_done >= max_steps
     )
+    if done and requeued_with_own_checkpoint(checkpoint):
+        log.info(
+            "SLURM job %s was requeued after its training had ended (%d epochs, %d steps): nothing is left to train, "
+            "the test follows",
+            (slurm_job() or ":").split(":", 1)[1],
+            epochs_done,
+            steps_done,
+        )
+        return True
     if done:
         raise ConfigError(
             f"{path} is from a run that has already trained {epochs_done} epochs ({steps_done} steps), as far as "
             f"trainer.max_epochs={max_epochs} (trainer.max_steps={max_steps}) go: train it for longer with a larger "
             f"trainer.max_epochs, or evaluate it with `python src/eval.py ckpt_path={path}`"
         )
+    return False
