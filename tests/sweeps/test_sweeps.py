@@ -174,6 +174,10 @@ def test_a_diverging_trial_fails_and_the_search_goes_on_to_its_summary(tmp_path:
     args = [*optuna_search(tmp_path / "sweep", storage), "hydra.sweeper.n_trials=2", *diverging]
     result = run_entry("train.py", args)
     assert result.returncode == 1  # every trial failed
+    output = result.stdout + result.stderr
+    assert "No trial of the study completed, so there is no best one" in output
+    assert "Traceback" not in output and "Record does not exist" not in output
+    assert "2 of 2 jobs did not complete" in output  # the sweep's own end: its summary and exit 1
     rows = read_summary(tmp_path / "sweep")
     assert [r["status"] for r in rows] == ["failed", "failed"], "both trials ran and are recorded"
     assert all(r["error"].startswith("NonFiniteMetricError: optimized_metric val/loss is nan") for r in rows)

@@ -1,0 +1,32 @@
+"""The project's Optuna sweeper (`hparams_search=wrn_cifar100_optuna`): hydra-optuna-sweeper's, except that a study
+none of whose trials completed ends like any sweep with failed jobs (the sweep summary printed, each trial with its
+error, exit 1) instead of Optuna's `Record does not exist` traceback from asking for a best trial there is not.
+
+It lives here because Hydra instantiates sweepers only from its `hydra_plugins` package. Hydra imports this module
+at every start: nothing heavy at the top.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as _OptunaSweeper
+
+log = logging.getLogger(__name__)
+
+# What Optuna raises for the best trial of a study without a completed one: its database and in-memory storages.
+NO_COMPLETED_TRIAL = ("Record does not exist", "No trials are completed yet")
+
+
+class OptunaSweeper(_OptunaSweeper):
+    def sweep(self, arguments: Sequence[str]) -> Any:
+        try:
+            return super().sweep(arguments)
+        except ValueError as err:
+            if not any(message in str(err) for message in NO_COMPLETED_TRIAL):
+                raise
+            # The sweep's end (the summary, exit 1 for the failed trials) follows, as for any sweep.
+            log.error("No trial of the study completed, so there is no best one: every trial failed (see below)")
+            return None
