@@ -79,11 +79,15 @@ class Case:
 
     @property
     def compile_scope(self) -> str:
-        return (COMPILATIONS[self.compilation] or ("network", None))[0]
+        return self._compile_setting[0]
 
     @property
     def compile_mode(self) -> str | None:
-        return (COMPILATIONS[self.compilation] or ("network", None))[1]
+        return self._compile_setting[1]
+
+    @property
+    def _compile_setting(self) -> tuple[str, str | None]:
+        return COMPILATIONS[self.compilation] or ("network", None)
 
 
 @dataclass

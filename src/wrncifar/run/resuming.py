@@ -70,6 +70,11 @@ def archive_run_config(run_dir: Path) -> Path:
     return folder
 
 
+def restarts() -> int:
+    """How many times SLURM has requeued this job (0 outside SLURM and in a job's first start)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
 def resume_requeued_slurm_job(cfg: DictConfig) -> None:
     """A SLURM job started again by a requeue (SLURM_RESTART_COUNT > 0: preempted, or stopped by SIGUSR1 before
     its time limit) continues from the newest checkpoint it saved in its run folder, as `resume=<run folder>`
@@ -80,9 +85,8 @@ def resume_requeued_slurm_job(cfg: DictConfig) -> None:
     when the folder's newest checkpoint was saved by another run, which starting over would overwrite. A job that
     saved nothing yet starts from the beginning.
     """
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     job = slurm_job()
-    if restarts < 1 or job is None or cfg.get("resume"):
+    if restarts() < 1 or job is None or cfg.get("resume"):
         return
     run_dir = Path(cfg.paths.output_dir)
     try:
@@ -92,7 +96,7 @@ def resume_requeued_slurm_job(cfg: DictConfig) -> None:
             "SLURM job %s was requeued (restart %d) before it saved a checkpoint in %s: it starts from the "
             "beginning. (A requeued job finds its checkpoints only in the same folder: hydra.run.dir=…/$SLURM_JOB_ID.)",
             job.split(":", 1)[1],
-            restarts,
+            restarts(),
             run_dir,
         )
         return
@@ -104,7 +108,7 @@ def resume_requeued_slurm_job(cfg: DictConfig) -> None:
             f"saved by {by}: starting over would overwrite that run. Give each job a folder of its own "
             "(hydra.run.dir=…/$SLURM_JOB_ID), or continue that run with resume=<its folder>"
         )
-    log.info("SLURM job %s was requeued (restart %d): resuming %s", job.split(":", 1)[1], restarts, run_dir)
+    log.info("SLURM job %s was requeued (restart %d): resuming %s", job.split(":", 1)[1], restarts(), run_dir)
     with open_dict(cfg):
         cfg.resume = str(run_dir)
         cfg.ckpt_path = None
@@ -137,9 +141,7 @@ def checkpoint_to_resume(cfg: DictConfig) -> Path | None:
 def requeued_with_own_checkpoint(checkpoint: dict) -> bool:
     """True in a requeued SLURM job resuming a checkpoint it saved itself (`resume_requeued_slurm_job`)."""
     job = slurm_job()
-    return (
-        int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 and job is not None and checkpoint.get(SLURM_JOB_KEY) == job
-    )
+    return restarts() > 0 and job is not None and checkpoint.get(SLURM_JOB_KEY) == job
 
 
 def check_not_finished(checkpoint: dict, path: Path, max_epochs: int | None, max_steps: int | None) -> bool:
