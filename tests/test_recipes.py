@@ -51,3 +51,11 @@ def test_fast_dev_run_of_each_experiment_with_the_tiny_model(make_config, experi
     metrics = train(make_config(overrides))
     assert {"train/loss", "val/acc", "test/acc"} <= set(metrics)
     assert 0 < metrics["train/loss"] < 10
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("data", [None, "cifar10", "synthetic"])
+def test_each_experiment_is_tagged_with_the_data_it_trains_on(make_config, experiment: str, data: str | None) -> None:
+    cfg = make_config([f"experiment={experiment}", *([f"data={data}"] if data else [])])
+    recipe = {"wrn_cifar100": "paper-recipe", "wrn_cifar100_fast": "fast", "wrn_cifar100_strong": "strong"}
+    assert list(cfg.tags) == ["wrn", data or "cifar100", recipe[experiment]]
