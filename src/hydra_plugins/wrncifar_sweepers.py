@@ -1,6 +1,8 @@
-"""The project's Optuna sweeper (`hparams_search=wrn_cifar100_optuna`): hydra-optuna-sweeper's, except that a study
-none of whose trials completed ends like any sweep with failed jobs (the sweep summary printed, each trial with its
-error, exit 1) instead of Optuna's `Record does not exist` traceback from asking for a best trial there is not.
+"""The project's Optuna sweeper (`hparams_search=wrn_cifar100_optuna`): hydra-optuna-sweeper's, except that
+- a stored study is continued only with the settings it was made with (`wrncifar.sweeps.study_settings`);
+- a study none of whose trials completed ends like any sweep with failed jobs (the sweep summary printed, each trial
+  with its error, exit 1) instead of Optuna's `Record does not exist` traceback from asking for a best trial there
+  is not.
 
 It lives here because Hydra instantiates sweepers only from its `hydra_plugins` package. Hydra imports this module
 at every start: nothing heavy at the top.
@@ -22,6 +24,16 @@ NO_COMPLETED_TRIAL = ("Record does not exist", "No trials are completed yet")
 
 class OptunaSweeper(_OptunaSweeper):
     def sweep(self, arguments: Sequence[str]) -> Any:
+        if self.sweeper.storage:  # None: an in-memory study, gone with the process
+            from wrncifar.run.config_validation import ConfigError
+            from wrncifar.sweeps.study_settings import check_study_settings
+
+            directions = self.sweeper._get_directions()
+            try:
+                check_study_settings(self.sweeper.storage, self.sweeper.study_name, directions, arguments)
+            except ConfigError as err:
+                log.error("%s", err)
+                raise SystemExit(1) from err
         try:
             return super().sweep(arguments)
         except ValueError as err:

@@ -106,6 +106,14 @@ def test_optuna_search_maximises_the_metric_and_resumes_its_stored_study(tmp_pat
     best = OmegaConf.load(tmp_path / "second" / "optimization_results.yaml")
     assert best.best_value == pytest.approx(max(t.value for t in trials))
 
+    # Other settings are refused before any trial runs: new trials would be modelled on the ones stored.
+    other = run_entry("train.py", [*optuna_search(tmp_path / "third", storage), "trainer.max_epochs=2"])
+    assert other.returncode == 1
+    output = other.stdout + other.stderr
+    assert "holds 6 trials run with other settings (trainer.max_epochs: 1 then, 2 now)" in output
+    assert "Traceback" not in output and not (tmp_path / "third").exists()
+    assert len(optuna.load_study(study_name="wrn_cifar100", storage=storage).trials) == 6
+
 
 def test_a_resumed_seeded_study_draws_what_an_uninterrupted_one_would() -> None:
     def objective(trial: optuna.Trial) -> float:
