@@ -25,13 +25,12 @@ NO_COMPLETED_TRIAL = ("Record does not exist", "No trials are completed yet")
 class OptunaSweeper(_OptunaSweeper):
     def sweep(self, arguments: Sequence[str]) -> Any:
         if self.sweeper.storage:  # None: an in-memory study, gone with the process
-            from wrncifar.run.config_validation import ConfigError
-            from wrncifar.sweeps.study_settings import check_study_settings
+            from wrncifar.sweeps.study_settings import StudySettingsError, check_study_settings
 
             directions = self.sweeper._get_directions()
             try:
                 check_study_settings(self.sweeper.storage, self.sweeper.study_name, directions, arguments)
-            except ConfigError as err:
+            except StudySettingsError as err:
                 log.error("%s", err)
                 raise SystemExit(1) from err
         try:

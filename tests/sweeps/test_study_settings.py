@@ -7,8 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from wrncifar.run.config_validation import ConfigError
-from wrncifar.sweeps.study_settings import USER_ATTR, check_study_settings, fixed_overrides
+from wrncifar.sweeps.study_settings import USER_ATTR, StudySettingsError, check_study_settings, fixed_overrides
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # add_trial
 
@@ -63,10 +62,10 @@ def test_a_study_is_not_continued_with_other_settings(tmp_path: Path, changed: l
     storage, name = stored_study(tmp_path)
     check_study_settings(storage, name, ["maximize"], SEARCH)
     optuna.load_study(study_name=name, storage=storage).add_trial(optuna.trial.create_trial(value=0.5))
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(StudySettingsError) as err:
         check_study_settings(storage, name, ["maximize"], changed)
     assert str(err.value) == (
-        f"Optuna study 'search' in {storage} holds 1 trials run with other settings ({difference}), and its sampler "
+        f"Optuna study 'search' in {storage} holds 1 trial(s) run with other settings ({difference}), and its sampler "
         "would model new trials on them: give the study's settings again to continue it, or start another study "
         "with hydra.sweeper.study_name=<new name>"
     )

@@ -110,7 +110,7 @@ def test_optuna_search_maximises_the_metric_and_resumes_its_stored_study(tmp_pat
     other = run_entry("train.py", [*optuna_search(tmp_path / "third", storage), "trainer.max_epochs=2"])
     assert other.returncode == 1
     output = other.stdout + other.stderr
-    assert "holds 6 trials run with other settings (trainer.max_epochs: 1 then, 2 now)" in output
+    assert "holds 6 trial(s) run with other settings (trainer.max_epochs: 1 then, 2 now)" in output
     assert "Traceback" not in output and not (tmp_path / "third").exists()
     assert len(optuna.load_study(study_name="wrn_cifar100", storage=storage).trials) == 6
 

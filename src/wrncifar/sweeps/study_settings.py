@@ -16,13 +16,15 @@ from collections.abc import Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from wrncifar.run.config_validation import ConfigError
-
 log = logging.getLogger(__name__)
 
 USER_ATTR = "wrncifar_fixed_overrides"
 # Config keys whose overrides leave the value a trial reports unchanged.
 LABELS_AND_OUTPUTS = frozenset({"tags", "logger", "paths", "extras"})
+
+
+class StudySettingsError(ValueError):
+    """The stored study was made with other fixed overrides than this command's."""
 
 
 def fixed_overrides(arguments: Sequence[str]) -> dict[str, str]:
@@ -40,7 +42,7 @@ def check_study_settings(storage: str, study_name: str, directions: list[str], a
     """Record this command's fixed overrides in the study (creating it), or refuse them if the study recorded others.
 
     Raises:
-        ConfigError: the stored study was made with other fixed overrides.
+        StudySettingsError: the stored study was made with other fixed overrides.
     """
     import optuna
 
@@ -59,8 +61,8 @@ def check_study_settings(storage: str, study_name: str, directions: list[str], a
         for key in sorted(recorded.keys() | settings.keys())
         if recorded.get(key) != settings.get(key)
     )
-    raise ConfigError(
-        f"Optuna study '{study_name}' in {storage} holds {len(study.trials)} trials run with other settings "
+    raise StudySettingsError(
+        f"Optuna study '{study_name}' in {storage} holds {len(study.trials)} trial(s) run with other settings "
         f"({differences}), and its sampler would model new trials on them: give the study's settings again to "
         "continue it, or start another study with hydra.sweeper.study_name=<new name>"
     )
