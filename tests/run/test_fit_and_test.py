@@ -6,11 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch import Callback
 
 from tests.conftest import TINY_SYNTHETIC, TRAINED_EPOCHS, last_logged, read_metrics, run_entry
 from wrncifar.run.config_validation import ConfigError
-from wrncifar.run.fit_and_test import metrics_as_floats, optimized_metric_value, train, train_for_sweep
+from wrncifar.run.fit_and_test import (
+    metrics_as_floats,
+    optimized_metric_value,
+    restored_best_accuracy,
+    train,
+    train_for_sweep,
+)
 
 CHANCE = 1 / 100
 # A couple of batches per stage: exercises every hook in seconds.
@@ -120,6 +127,19 @@ def test_optimized_metric_is_read_or_named_as_missing() -> None:
     assert optimized_metric_value({"val/acc_best": 0.5}, None) is None
     with pytest.raises(ConfigError, match="optimized_metric 'val/f1' was not logged; logged metrics: val/acc_best"):
         optimized_metric_value({"val/acc_best": 0.5}, "val/f1")
+
+
+def test_the_restored_best_accuracy_is_the_checkpoints_or_none_if_it_never_validated(make_config) -> None:
+    """What a requeued job that had finished training returns to its sweep (it validates nothing itself)."""
+    cfg = make_config(TINY_SYNTHETIC)
+    validated, restored, never = (instantiate(cfg.model) for _ in range(3))
+    validated.val_acc_best(torch.tensor(0.25))
+    validated.val_acc_best(torch.tensor(0.75))
+    restored.load_state_dict(validated.state_dict())
+    assert restored_best_accuracy(restored) == {"val/acc_best": 0.75}
+    # -inf would read as a diverged run; without the metric, the sweep names it as not logged, as the first run did.
+    never.load_state_dict(instantiate(cfg.model).state_dict())
+    assert restored_best_accuracy(never) == {}
 
 
 @pytest.mark.slow

@@ -96,9 +96,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = metrics_as_floats(trainer.callback_metrics)
-    if trained_already and isinstance(getattr(model, "val_acc_best", None), MaxMetric):
-        # Nothing was trained, so nothing validated: the best validation accuracy is the restored one.
-        metrics["val/acc_best"] = float(model.val_acc_best.compute())
+    if trained_already:  # nothing was trained, so nothing validated: the best validation accuracy is the restored one
+        metrics |= restored_best_accuracy(model)
 
     if cfg.get("test", True):
         ckpt_path = _checkpoint_to_test(trainer, cfg)
@@ -107,6 +106,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     log.info("Outputs: %s", cfg.paths.output_dir)
     return metrics
+
+
+def restored_best_accuracy(model: LightningModule) -> dict[str, float]:
+    """`val/acc_best` as the checkpoint restored it into `model`; none if that run never validated."""
+    best = getattr(model, "val_acc_best", None)
+    if not isinstance(best, MaxMetric):
+        return {}
+    value = float(best.max_value)  # MaxMetric's state: -inf until its first update
+    return {"val/acc_best": value} if math.isfinite(value) else {}
 
 
 def train_for_sweep(cfg: DictConfig) -> float | None:
