@@ -370,9 +370,11 @@ WANDB_SWEEP_ARGS = [
 def wandb_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     """`python src/train.py -m … logger=many_loggers model.optimizer.lr=0.05,0.2` (CSV, TensorBoard and W&B) as a
     user without a W&B account runs it: no API key, no login, no WANDB_MODE, stdin closed. Returns the sweep
-    folder (jobs 0 and 1) and the finished process."""
+    folder (jobs 0 and 1) and the finished process, whose `git_heads` are the checkout's HEAD before and after it
+    (what the runs may record: a commit can land while the suite runs)."""
     root = tmp_path_factory.mktemp("wandb_sweep")
     sweep_dir = root / "sweep"
+    heads = {git_head()}
     result = subprocess.run(
         [sys.executable, str(ROOT / "src" / "train.py"), *WANDB_SWEEP_ARGS, f"hydra.sweep.dir={sweep_dir}"],
         cwd=ROOT,
@@ -383,4 +385,9 @@ def wandb_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproc
         timeout=HANG_TIMEOUT_S,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result.git_heads = heads | {git_head()}
     return sweep_dir, result
+
+
+def git_head() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
