@@ -23,7 +23,6 @@ import argparse
 import gc
 import json
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -33,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
 from torch import nn
@@ -45,7 +43,7 @@ from wrncifar.data.cifar100 import CIFAR100DataModule
 from wrncifar.data.transforms import CIFAR100_MEAN, CIFAR100_STD
 from wrncifar.models.classifier import ImageClassifier
 from wrncifar.models.compilation import compile_in_place
-from wrncifar.models.flops import flops_per_image
+from wrncifar.models.flops import flops_per_image, peak_flops
 from wrncifar.models.optimization import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
 from wrncifar.models.wideresnet import WideResNet
 from wrncifar.run.console import quiet_console
@@ -411,7 +409,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> Re
             warmup_s, seconds, syncs = time_case(case, args, datamodule, device)
         images_per_sec = args.steps * args.batch_size / seconds
         tflops = images_per_sec * report.train_flops_per_image / 1e12
-        peak = get_available_flops(device, PRECISIONS[case.precision][1] or torch.float32)
+        peak = peak_flops(device, PRECISIONS[case.precision][1] or torch.float32)
         report.results.append(
             Result(
                 case=case.name,
@@ -435,25 +433,21 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> Re
 
 @contextmanager
 def empty_compile_cache() -> Iterator[None]:
-    """torch.compile's caches in a new empty folder for the duration: each case compiles as a first run would."""
-    names = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
-    saved = {name: os.environ.get(name) for name in names}
-    with tempfile.TemporaryDirectory(prefix="wrncifar-bench-compile-") as folder:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
-        os.environ["TRITON_CACHE_DIR"] = os.path.join(folder, "triton")
-        try:
-            yield
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+    """torch.compile's caches emptied for the duration, on disk (a new folder for Inductor and Triton) and in
+    memory (the compiled kernels and generated code this process holds, which `torch._dynamo.reset()` keeps):
+    each case compiles as a first run would."""
+    from torch._inductor.utils import fresh_inductor_cache  # torch 2.4 to 2.14 (2.8 added `fresh_cache`)
+
+    with fresh_inductor_cache():
+        yield
 
 
 def write_json(report: Report, path: Path) -> None:
+    """Whole or not at all: a bench stopped at a time limit while writing leaves the previous file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    os.replace(partial, path)
 
 
 def case_named(name: str) -> Case:

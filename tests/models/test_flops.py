@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wrncifar.models.flops import flops_per_image
+from wrncifar.models.flops import flops_per_image, peak_flops
 from wrncifar.models.wideresnet import WideResNet
 
 
@@ -25,3 +25,16 @@ def test_counting_leaves_the_network_as_it_was() -> None:
     for key, value in net.state_dict().items():
         assert value.device.type == "cpu"
         assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype", "peak"),
+    [
+        ("NVIDIA H200", torch.bfloat16, 989.4e12),  # Lightning's table has no plain "H200"
+        ("NVIDIA H100 80GB HBM3", torch.bfloat16, 989.4e12),  # Lightning's own (dense) entry
+        ("NVIDIA H200", torch.float64, None),  # not in the table: no MFU rather than a wrong one
+    ],
+)
+def test_the_peak_of_an_h200_is_dense_like_the_h100s(monkeypatch, name: str, dtype: torch.dtype, peak) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert peak_flops(torch.device("cuda"), dtype) == peak
