@@ -4,16 +4,18 @@ so that it works the first time it meets a GPU; its table is read back against t
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import HANG_TIMEOUT_S, ROOT
-from wrncifar.gpu_report import Step, _read_metrics, markdown, parse_args
+from wrncifar.gpu_report import Step, _read_metrics, markdown, parse_args, run_step
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +39,17 @@ def test_the_dry_run_runs_the_four_steps_and_writes_their_table(dry_run) -> None
     for name in ("bench", "fast", "fast-warm", "paper"):
         assert rows[name][2] == "0", name
         assert "compile_cache_dir" not in rows[name][1]  # a temporary folder: not part of the command to rerun
+    # What comes back from a lent machine: a few small files, no checkpoint (each run's are in a removed folder).
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "report.md", "runs.tar.gz"]
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        names = tar.getnames()
+        metrics = {n: tar.extractfile(f"{n}/csv/metrics.csv").read().decode() for n in ("fast", "paper")}
+    assert {"bench/console.log", "fast/console.log", "fast-warm/.hydra/config.yaml", "paper/csv/metrics.csv"} <= set(
+        names
+    )
+    assert not [n for n in names if n.endswith(".ckpt")]
     for name in ("fast", "paper"):
-        with (out / name / "csv" / "metrics.csv").open() as f:
-            test = [r for r in csv.DictReader(f) if r.get("test/acc")][-1]
+        test = [r for r in csv.DictReader(io.StringIO(metrics[name])) if r.get("test/acc")][-1]
         assert rows[name][8].rstrip(" |") == f"{float(test['test/acc']):.2%} / {float(test['test/acc_top5']):.2%}"
         assert rows[name][6].endswith(" s")  # the time to the first training step, from the run's own log line
     # Cold, then warm: the fast recipe compiles into an empty cache, its one-epoch rerun finds every graph there.
@@ -51,8 +61,11 @@ def test_the_dry_run_runs_the_four_steps_and_writes_their_table(dry_run) -> None
     # Where each recipe's time to the first step went, as its run logged it.
     assert re.search(r"^- fast: [\d.]+ s: [\d.]+ s before training .* s the step \(torch\.compile: ", table, re.M)
     assert re.search(r"^- paper: [\d.]+ s: [\d.]+ s before training .* s the step$", table, re.M)
-    bench = json.loads((out / "bench" / "bench.json").read_text())
+    bench = json.loads((out / "bench.json").read_text())
     assert [r["case"] for r in bench["results"]] == ["plain/device/fp32/eager", "plain/device/fp32/compiled"]
+    # Below the table, each bench case with its rate and warm-up, as the bench's JSON has them.
+    for result in bench["results"]:
+        assert f"| {result['case']} | {result['images_per_sec']:,.0f} | – | {result['warmup_s']:.1f} s | – |" in table
 
 
 def test_make_gpu_report_dry_run_is_this_command() -> None:
@@ -87,3 +100,31 @@ def test_a_recipes_peak_gpu_memory_is_its_largest_epoch_peak(tmp_path) -> None:
     _read_metrics(step, path)
     assert (step.peak_memory_gib, step.images_per_sec, step.test_top1) == (3.4, 21000, 0.75)
     assert "| 21,000 | 3.40 GiB |" in markdown([step], "NVIDIA H200")
+
+
+def test_a_step_stopped_at_its_time_limit_keeps_what_it_printed(tmp_path) -> None:
+    """The bench prints each case as it ends; killed at its share of the budget, those lines must be in its log."""
+    printing = "print('case 1: 30,000 images/s'); import time; time.sleep(60)"
+    step = run_step(Step("bench", [sys.executable, "-c", printing]), tmp_path / "bench", timeout_s=3)
+    assert (step.status, step.returncode) == ("stopped", None)
+    assert "case 1: 30,000 images/s" in (tmp_path / "bench" / "console.log").read_text()
+
+
+def test_an_output_cut_short_is_named_in_the_report_not_a_crash(tmp_path) -> None:
+    bench_json = tmp_path / "bench.json"
+    bench_json.write_text('{"results": [{"case": "plain/device/bf16/eager", "images_')
+    step = run_step(Step("bench", [sys.executable, "-c", "pass"]), tmp_path / "bench", 60, bench_json=bench_json)
+    assert step.returncode == 0 and step.unreadable.startswith("JSONDecodeError")
+    assert "Outputs that could not be read back:\n\n- bench: JSONDecodeError" in markdown([step], "cpu")
+
+
+@pytest.mark.slow
+def test_a_report_whose_budget_runs_out_still_writes_its_table_and_outputs(tmp_path) -> None:
+    command = [sys.executable, "-m", "wrncifar.gpu_report", "--dry-run", "--budget-s", "1", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    table = (tmp_path / "report.md").read_text()
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "`" in line]
+    assert [(r[0].strip("| "), r[2]) for r in rows] == [(n, "stopped") for n in ("bench", "fast", "fast-warm", "paper")]
+    with tarfile.open(tmp_path / "runs.tar.gz") as tar:
+        assert "fast/console.log" in tar.getnames()

@@ -2,20 +2,24 @@
 
 Within a time budget (9 minutes by default) it runs, in this order:
 
-1. `python -m wrncifar.bench` on the fast path (bf16, on-device data): the plain loop eager, compiled whole,
-   compiled block by block and with CUDA graphs, and Lightning compiled; each compiled case from an empty
-   compilation cache, so its warm-up is a first run's compilation (at most BENCH_SHARE of the budget);
+1. `python -m wrncifar.bench` on the fast path (bf16, on-device data), in this order: the plain loop eager and
+   compiled whole, Lightning compiled, the plain loop compiled block by block and with CUDA graphs; each compiled
+   case from an empty compilation cache, so its warm-up is a first run's compilation (at most BENCH_SHARE of the
+   budget);
 2. `python src/train.py experiment=wrn_cifar100_fast` to the end on the real CIFAR-100 arrays, compiling into an
    empty `paths.compile_cache_dir` (a cold start);
 3. the same command for one epoch with that cache (a warm start: the time to the first step);
 4. as much of `experiment=wrn_cifar100` (the 200-epoch paper recipe, default speed settings) as the remaining
    budget allows (`trainer.max_time`), then its test.
 
-Each step's raw output (console, metrics.csv, the bench's JSON) goes to `<out>/<step>/`, and `<out>/report.md`
-holds a Markdown table: device, torch/CUDA versions, command, images/s, peak GPU memory, wall time, time to the
-first training step, compiled graphs (and how many came from the cache), test top-1/top-5. `--dry-run` runs the
-same steps on the CPU with the tiny model and synthetic data in a few minutes (the test suite does), so the
-command works the first time it meets a GPU.
+`<out>` gets three files, rewritten after each step so that a command stopped at its time limit keeps what
+was done: `report.md`, a Markdown table (device, torch/CUDA versions, command, images/s, peak GPU memory, wall
+time, time to the first training step, compiled graphs and how many came from the cache, test top-1/top-5) with
+the bench's cases below it; `bench.json`, the bench's own report; and `runs.tar.gz`, each step's run folder
+(console, metrics.csv, configs) without its checkpoints. The runs themselves live in a temporary folder, removed
+at the end: a recipe's checkpoints are gigabytes, and a lent GPU machine returns few, small files. `--dry-run`
+runs the same steps on the CPU with the tiny model and synthetic data in a few minutes (the test suite does), so
+the command works the first time it meets a GPU.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
@@ -37,13 +43,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 # In this order: what the defaults run first, then the alternatives to them.
+# Eager first: no compilation, so a baseline in seconds even if the compiled cases run out of time.
 BENCH_CASES = [
+    "plain/device/bf16/eager",
     "plain/device/bf16/compiled",
     "lightning/device/bf16/compiled",
     "plain/device/bf16/compiled-blocks",
     "plain/device/bf16/cudagraphs",
-    "plain/device/bf16/eager",
 ]
+# The case whose peak memory the table shows: the default fast path at the bench's batch size.
+FAST_PATH_CASE = "plain/device/bf16/compiled"
 # The bench stops at this share of the budget (its JSON keeps the cases done): the recipes come next.
 BENCH_SHARE = 0.45
 # Small and CPU-sized: the same steps in a minute or two.
@@ -69,6 +78,7 @@ DRY_BENCH = [
     "plain/device/fp32/eager",
     "plain/device/fp32/compiled",
 ]
+DRY_FAST_PATH_CASE = "plain/device/fp32/compiled"
 DRY_TRAIN = [
     "model=wrn_tiny",
     "data=synthetic",
@@ -87,6 +97,8 @@ DRY_TRAIN = [
 DRY_COMPILE = ["model.compile=true", "model.net.widths=[4,8,8,8]", "model.net.blocks_per_stage=1"]
 # What the paper recipe leaves for its test and for writing its outputs once max_time stops it.
 TEST_RESERVE_S = 45
+# Less than this left for the paper recipe: start-up and compilation alone would take it, so it is skipped.
+PAPER_MIN_S = 90
 FIRST_STEP = re.compile(r"First training step done ([\d.]+) s after the process started(.*)")
 COMPILED = re.compile(r"\(torch\.compile: (\d+) graphs, (\d+) from the cache")
 
@@ -97,6 +109,7 @@ class Step:
     command: list[str]
     wall_s: float = 0.0
     returncode: int | None = None
+    status: str = ""  # "stopped" (at the budget's end), "skipped" (no time left); else the exit code shows
     images_per_sec: float | None = None
     first_step_s: float | None = None
     start_up: str = ""  # where the time to the first step went, as the run logged it
@@ -105,21 +118,24 @@ class Step:
     peak_memory_gib: float | None = None  # the largest per-epoch peak of allocated GPU memory (or the bench's)
     test_top1: float | None = None
     test_top5: float | None = None
+    bench_cases: list[dict] | None = None  # the bench's results, as its JSON has them
+    unreadable: str = ""  # an output that could not be read back (a step killed while writing it)
 
 
-def run_step(step: Step, out: Path, timeout_s: float) -> Step:
-    """Run `step.command` from the checkout, its console to `<out>/<name>/console.log`; read back its numbers."""
-    folder = out / step.name
+def run_step(step: Step, folder: Path, timeout_s: float, bench_json: Path | None = None) -> Step:
+    """Run `step.command` from the checkout, its console to `<folder>/console.log`; read back its numbers."""
     folder.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
+    # Unbuffered: a step killed at its time limit keeps every line it printed.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with (folder / "console.log").open("w") as console:
         try:
             done = subprocess.run(
-                step.command, cwd=ROOT, stdout=console, stderr=subprocess.STDOUT, timeout=max(timeout_s, 1)
+                step.command, cwd=ROOT, env=env, stdout=console, stderr=subprocess.STDOUT, timeout=max(timeout_s, 1)
             )
             step.returncode = done.returncode
         except subprocess.TimeoutExpired:
-            step.returncode = None  # stopped at the budget's end
+            step.returncode, step.status = None, "stopped"
     step.wall_s = time.monotonic() - start
     text = (folder / "console.log").read_text(errors="replace")
     if match := FIRST_STEP.search(text):
@@ -127,16 +143,13 @@ def run_step(step: Step, out: Path, timeout_s: float) -> Step:
         step.start_up = match.group(2).lstrip(": ")
         if compiled := COMPILED.search(match.group(2)):
             step.compiled_graphs, step.cached_graphs = int(compiled.group(1)), int(compiled.group(2))
-    metrics = folder / "csv" / "metrics.csv"
-    if metrics.is_file():
-        _read_metrics(step, metrics)
-    bench = folder / "bench.json"
-    if bench.is_file():
-        cases = json.loads(bench.read_text())["results"]
-        step.images_per_sec = max((r["images_per_sec"] for r in cases), default=None)
-        # The first case's: the default fast path (bf16, compiled) at the bench's batch size.
-        if cases and cases[0].get("peak_memory_mib") is not None:
-            step.peak_memory_gib = cases[0]["peak_memory_mib"] / 1024
+    try:
+        if (metrics := folder / "csv" / "metrics.csv").is_file():
+            _read_metrics(step, metrics)
+        if bench_json is not None and bench_json.is_file():
+            _read_bench(step, json.loads(bench_json.read_text())["results"])
+    except (OSError, ValueError, KeyError) as err:
+        step.unreadable = f"{type(err).__name__}: {err}"
     return step
 
 
@@ -153,9 +166,19 @@ def _read_metrics(step: Step, path: Path) -> None:
         step.test_top5 = float(tests[-1]["test/acc_top5"]) if tests[-1].get("test/acc_top5") else None
 
 
-def steps(out: Path, data_dir: str | None, dry_run: bool, paper_seconds: float, compile_cache: Path) -> list[Step]:
+def _read_bench(step: Step, cases: list[dict]) -> None:
+    step.bench_cases = cases
+    step.images_per_sec = max((r["images_per_sec"] for r in cases), default=None)
+    fast_path = [r for r in cases if r["case"] in (FAST_PATH_CASE, DRY_FAST_PATH_CASE)]
+    if fast_path and fast_path[0].get("peak_memory_mib") is not None:
+        step.peak_memory_gib = fast_path[0]["peak_memory_mib"] / 1024
+
+
+def steps(
+    runs: Path, bench_json: Path, data_dir: str | None, dry_run: bool, paper_seconds: float, compile_cache: Path
+) -> list[Step]:
     python = sys.executable
-    bench = [python, "-m", "wrncifar.bench", "--json", str(out / "bench" / "bench.json")]
+    bench = [python, "-m", "wrncifar.bench", "--json", str(bench_json)]
     bench += DRY_BENCH if dry_run else ["--steps", "30", "--warmup", "15", "--cases", *BENCH_CASES]
     data = DRY_TRAIN if dry_run else [f"data.data_dir={data_dir}"]
     common = ["extras.print_config=false", "logger=csv", f"paths.compile_cache_dir={compile_cache}"]
@@ -163,12 +186,13 @@ def steps(out: Path, data_dir: str | None, dry_run: bool, paper_seconds: float, 
     fast = [*train, "experiment=wrn_cifar100_fast", *data, *common, *(DRY_COMPILE if dry_run else [])]
     warm = [*fast, "trainer.max_epochs=1", "test=false"]
     paper = [*train, "experiment=wrn_cifar100", *data, *common, *(["model.compile=false"] if dry_run else [])]
-    paper.append(f"+trainer.max_time={_max_time(paper_seconds)}")
+    # min_epochs=0: max_time may stop it inside its first epoch (the trainer config's min_epochs=1 would not).
+    paper += [f"+trainer.max_time={_max_time(paper_seconds)}", "trainer.min_epochs=0"]
     return [
         Step("bench", bench),
-        Step("fast", [*fast, f"hydra.run.dir={out / 'fast'}"]),
-        Step("fast-warm", [*warm, f"hydra.run.dir={out / 'fast-warm'}"]),
-        Step("paper", [*paper, f"hydra.run.dir={out / 'paper'}"]),
+        Step("fast", [*fast, f"hydra.run.dir={runs / 'fast'}"]),
+        Step("fast-warm", [*warm, f"hydra.run.dir={runs / 'fast-warm'}"]),
+        Step("paper", [*paper, f"hydra.run.dir={runs / 'paper'}"]),
     ]
 
 
@@ -191,7 +215,7 @@ def markdown(results: list[Step], device: str) -> str:
     for s in results:
         shown = " ".join(a for a in s.command[1:] if not a.startswith(hidden))
         shown = re.sub(r" \S+/bench\.json", "", shown)
-        exit_code = "stopped" if s.returncode is None else str(s.returncode)
+        exit_code = s.status or str(s.returncode)
         rate = f"{s.images_per_sec:,.0f}" if s.images_per_sec else "–"
         first = f"{s.first_step_s:.1f} s" if s.first_step_s is not None else "–"
         top = f"{s.test_top1:.2%} / {s.test_top5:.2%}" if s.test_top1 is not None and s.test_top5 is not None else "–"
@@ -202,7 +226,51 @@ def markdown(results: list[Step], device: str) -> str:
     start_ups = [f"- {s.name}: {s.first_step_s:.1f} s: {s.start_up}" for s in results if s.start_up]
     if start_ups:
         lines += ["", "Time to the first training step:", "", *start_ups]
+    for s in results:
+        if s.bench_cases:
+            lines += ["", "The bench's cases (batch as in its command; warm-up: compilation from an empty cache):", ""]
+            lines += bench_table(s.bench_cases)
+    unreadable = [f"- {s.name}: {s.unreadable}" for s in results if s.unreadable]
+    if unreadable:
+        lines += ["", "Outputs that could not be read back:", "", *unreadable]
     return "\n".join(lines)
+
+
+def bench_table(cases: list[dict]) -> list[str]:
+    def num(value: float | None, spec: str, unit: str = "") -> str:
+        return "–" if value is None else f"{value:{spec}}{unit}"
+
+    lines = ["| case | images/s | MFU | warm-up | peak memory |", "| --- | ---: | ---: | ---: | ---: |"]
+    for r in cases:
+        memory = None if r.get("peak_memory_mib") is None else r["peak_memory_mib"] / 1024
+        cells = [
+            r["case"],
+            num(r["images_per_sec"], ",.0f"),
+            num(r.get("mfu"), ".1%"),
+            num(r.get("warmup_s"), ".1f", " s"),
+        ]
+        lines.append(f"| {' | '.join([*cells, num(memory, '.2f', ' GiB')])} |")
+    return lines
+
+
+def write_outputs(out: Path, runs: Path, results: list[Step], device: str) -> str:
+    """`report.md`, and `runs.tar.gz` (the run folders without checkpoints), each replaced whole."""
+    report = markdown(results, device)
+    _replace(out / "report.md", lambda path: path.write_text(report + "\n"))
+
+    def pack(path: Path) -> None:
+        with tarfile.open(path, "w:gz") as tar:
+            for folder in sorted(p for p in runs.iterdir() if p.is_dir()):
+                tar.add(folder, arcname=folder.name, filter=lambda m: None if m.name.endswith(".ckpt") else m)
+
+    _replace(out / "runs.tar.gz", pack)
+    return report
+
+
+def _replace(path: Path, write) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    write(partial)
+    os.replace(partial, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -217,6 +285,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("no CUDA GPU here: run it on a GPU machine, or check it on the CPU with --dry-run")
         if not args.data_dir or not (Path(args.data_dir) / "train.npz").is_file():
             parser.error(f"--data-dir={args.data_dir}: give the folder of the CIFAR-100 arrays (with train.npz)")
+        args.data_dir = str(Path(args.data_dir).resolve())  # the steps run from the checkout's root
     if args.budget_s <= 0:
         parser.error("--budget-s must be positive")
     return args
@@ -224,23 +293,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out = args.out or ROOT / "docs" / "measurements" / f"gpu_report_{date.today().isoformat()}"
+    out = (args.out or ROOT / "docs" / "measurements" / f"gpu_report_{date.today().isoformat()}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     device = "CPU (dry run)" if args.dry_run else torch.cuda.get_device_name()
     deadline = time.monotonic() + args.budget_s
     results: list[Step] = []
-    # An empty compilation cache of the report's own: the fast recipe starts cold, its one-epoch rerun warm.
-    with tempfile.TemporaryDirectory(prefix="wrncifar-gpu-report-compile-") as cache:
+    # The run folders (checkpoints: gigabytes), and an empty compilation cache of the report's own: the fast
+    # recipe starts cold, its one-epoch rerun warm.
+    with tempfile.TemporaryDirectory(prefix="wrncifar-gpu-report-") as work:
+        runs, cache = Path(work) / "runs", Path(work) / "compile_cache"
+        runs.mkdir()
         for name in ("bench", "fast", "fast-warm", "paper"):
             left = deadline - time.monotonic()
             # The paper recipe gets whatever is left, less what its test and outputs need.
             paper_s = left - TEST_RESERVE_S if name == "paper" else 0
-            (step,) = [s for s in steps(out, args.data_dir, args.dry_run, paper_s, Path(cache)) if s.name == name]
-            print(f"== {step.name}: {' '.join(step.command[1:])}", flush=True)
-            limit = min(left, BENCH_SHARE * args.budget_s) if name == "bench" else left
-            results.append(run_step(step, out, timeout_s=limit))
-    report = markdown(results, device)
-    (out / "report.md").write_text(report + "\n")
+            all_steps = steps(runs, out / "bench.json", args.data_dir, args.dry_run, paper_s, cache)
+            (step,) = [s for s in all_steps if s.name == name]
+            if name == "paper" and left < PAPER_MIN_S and not args.dry_run:
+                step.status = "skipped"
+                print(f"== {step.name}: skipped, {left:.0f} s left", flush=True)
+            else:
+                print(f"== {step.name}: {' '.join(step.command[1:])}", flush=True)
+                limit = min(left, BENCH_SHARE * args.budget_s) if name == "bench" else left
+                run_step(step, runs / name, timeout_s=limit, bench_json=out / "bench.json" if name == "bench" else None)
+            results.append(step)
+            report = write_outputs(out, runs, results, device)
     print(report)
     return 0 if all(s.returncode == 0 for s in results) else 1
 
