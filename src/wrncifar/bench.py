@@ -14,15 +14,20 @@ compilation variants run too, on the on-device path: `compiled-blocks` (regional
 block on its own), `max-autotune` (Inductor's autotuned kernels, no CUDA graphs) and `cudagraphs`
 (`reduce-overhead`: CUDA graphs). Each compiled case starts from an empty compilation cache, so its `warmup_s`
 (the untimed first steps) is what a first run's compilation costs. The data pipeline alone is timed too:
-augmented images/s of `DeviceBatches`, and of one DataLoader worker's PIL transforms.
+augmented images/s of `DeviceBatches`, and of one DataLoader worker's PIL transforms. So is a checkpoint of the
+network with its SGD state: how long one save holds training up when written in the foreground, and in the
+background (the copy to host memory alone), and how long the background write then takes.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import os
+import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -46,6 +51,7 @@ from wrncifar.models.compilation import compile_in_place
 from wrncifar.models.flops import flops_per_image, peak_flops
 from wrncifar.models.optimization import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
 from wrncifar.models.wideresnet import WideResNet
+from wrncifar.run.checkpoints import AtomicCheckpointIO
 from wrncifar.run.console import quiet_console
 
 PRECISIONS = {"fp32": ("32-true", None), "bf16": ("bf16-mixed", torch.bfloat16)}
@@ -111,6 +117,7 @@ class Report:
     train_flops_per_image: float
     results: list[Result] = field(default_factory=list)
     pipeline_images_per_sec: dict[str, float] = field(default_factory=dict)
+    checkpoint_s: dict[str, float] = field(default_factory=dict)
     profile: str = ""
 
 
@@ -347,6 +354,35 @@ def pipeline_rates(datamodule: CIFAR100DataModule, device: torch.device, batch_s
     return rates
 
 
+def checkpoint_stall(net: nn.Module, device: torch.device, repeats: int = 3) -> dict[str, float]:
+    """Seconds one checkpoint save of `net` and its SGD state (momentum buffers) holds training up, written as
+    runs write them (`AtomicCheckpointIO`, to a temporary folder): in the foreground, and in the background
+    (`save_checkpoint` returns after the copy to host memory), with the background write's own seconds. Each the
+    median of `repeats` saves; `size_mib` the file's size."""
+    net = copy.deepcopy(net).to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.zeros(2, 3, 32, 32, device=device)).sum().backward()
+    optimizer.step()
+    state = {"state_dict": net.state_dict(), "optimizer_states": [optimizer.state_dict()], "global_step": 1}
+    times: dict[str, list[float]] = {"foreground_s": [], "background_s": [], "write_s": []}
+    with tempfile.TemporaryDirectory(prefix="wrncifar-bench-") as folder:
+        path = Path(folder) / "last.ckpt"
+        for _ in range(repeats):
+            for background in (False, True):
+                io = AtomicCheckpointIO(background=background)
+                synchronize(device)
+                start = time.perf_counter()
+                io.save_checkpoint(state, path)
+                returned = time.perf_counter()
+                io.teardown()
+                times["background_s" if background else "foreground_s"].append(returned - start)
+                if background:
+                    times["write_s"].append(time.perf_counter() - returned)
+        size_mib = path.stat().st_size / 2**20
+    del net, optimizer, state
+    return {"size_mib": size_mib, **{name: statistics.median(values) for name, values in times.items()}}
+
+
 def top_kernels(case: Case, args: argparse.Namespace, datamodule: CIFAR100DataModule, device: torch.device) -> str:
     """Where a plain-loop case spends its device time: the kernels of `args.steps` steps after warm-up."""
     from torch.autograd import DeviceType
@@ -399,6 +435,12 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> Re
         train_flops_per_image=flops_per_image(net, train=True),
     )
     report.pipeline_images_per_sec = pipeline_rates(datamodule, device, args.batch_size)
+    report.checkpoint_s = checkpoint_stall(net, device)
+    progress(
+        f"checkpoint of {report.checkpoint_s['size_mib']:,.0f} MiB: training waits "
+        f"{report.checkpoint_s['foreground_s']:.2f} s (foreground), {report.checkpoint_s['background_s']:.2f} s "
+        f"(background)"
+    )
     for case in selected_cases(args.cases):
         gc.collect()
         if device.type == "cuda":
@@ -489,6 +531,16 @@ def markdown(report: Report) -> str:
         )
     lines += ["", "| data pipeline alone | augmented images/s |", "| --- | ---: |"]
     lines += [f"| {name} | {rate:,.0f} |" for name, rate in report.pipeline_images_per_sec.items()]
+    if report.checkpoint_s:
+        ckpt = report.checkpoint_s
+        lines += [
+            "",
+            f"| checkpoint ({ckpt['size_mib']:,.0f} MiB, network + SGD state) | training waits (s) |",
+            "| --- | ---: |",
+            f"| written in the foreground | {ckpt['foreground_s']:.3f} |",
+            f"| written in the background (the copy to host memory) | {ckpt['background_s']:.3f} |",
+            f"| … the background write itself | {ckpt['write_s']:.3f} |",
+        ]
     if report.profile:
         lines += ["", report.profile]
     return "\n".join(lines)

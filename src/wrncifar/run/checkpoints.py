@@ -7,11 +7,16 @@ import logging
 import os
 import shutil
 import tempfile
+import weakref
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.apply_func import apply_to_collection
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -27,38 +32,118 @@ class CheckpointWriteError(RuntimeError):
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file beside its target, flushes it to disk, then renames it over the
-    target: a crash or a full disk mid-write leaves the previous checkpoint whole, never a truncated one."""
+    target: a crash or a full disk mid-write leaves the previous checkpoint whole, never a truncated one.
+
+    With `background=True` the writing happens in a thread of its own while training goes on: `save_checkpoint`
+    copies the tensors to host memory (the state at that moment) and returns. Writes and removals run in the order
+    they were asked for; with `MAX_PENDING` of them waiting, the next one waits too (a slow disk holds training
+    back rather than filling memory with copies). Loading a checkpoint, `teardown` (the end of fit or test) and
+    `wait()` first wait for every write asked so far, and a write that failed is raised by the next call (its
+    CheckpointWriteError: the previous file at that path is whole). A multi-process run (DDP) writes in the
+    foreground, as Lightning's barrier after each save is what makes the other ranks wait for rank 0's file.
+    """
+
+    def __init__(self, background: bool = False) -> None:
+        super().__init__()
+        self.background = background
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: deque[Future] = deque()
+        _WRITERS.add(self)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
-        target = Path(path)
-        remove_stale_temporaries(target)
-        tmp_name = ""
+        if not (self.background and not _multi_process()):
+            self.wait()  # after any write still pending from before: the order asked for
+            write_atomically(checkpoint, Path(path))
+            return
+        # On this thread: the state as it is now, whatever the next steps change (tensors in place, dicts).
+        snapshot = apply_to_collection(checkpoint, torch.Tensor, _host_copy)
+        self._submit(write_atomically, snapshot, Path(path))
+
+    def remove_checkpoint(self, path: str | Path) -> None:
+        if self._pending:  # after the writes asked before it: never a file that is still to be written
+            self._submit(super().remove_checkpoint, path)
+        else:
+            super().remove_checkpoint(path)
+
+    def load_checkpoint(self, path: str | Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.wait()
+        return super().load_checkpoint(path, *args, **kwargs)
+
+    def teardown(self) -> None:
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is not
-            os.replace(tmp_name, target)
-        # torch.save's zip writer reports a failed write (a full disk, a file-size limit) as a RuntimeError.
-        except (OSError, RuntimeError) as err:
-            if tmp_name:
-                Path(tmp_name).unlink(missing_ok=True)
-            free = shutil.disk_usage(_existing_parent(target)).free / 2**20
-            if isinstance(err, OSError) and err.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-                what, hint = err.strerror or str(err), "check that the folder is writable"
-            else:
-                what = err.strerror if isinstance(err, OSError) else f"the write stopped short: {str(err)[:120]}"
-                hint = "free some disk space (or raise the file-size limit, ulimit -f)"
-            raise CheckpointWriteError(
-                f"could not write checkpoint {target} ({what}; {free:,.0f} MiB free there): {hint}, "
-                f"then resume; the previous checkpoint at that path, if any, is intact"
-            ) from err
-        _fsync_dir(target.parent)
+            self.wait()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+
+    def wait(self) -> None:
+        """Return once every write and removal asked so far is done; raise the first of them that failed."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def _submit(self, task: Callable[..., None], *args: Any) -> None:
+        while self._pending and (self._pending[0].done() or len(self._pending) >= MAX_PENDING):
+            self._pending.popleft().result()  # a failed write stops the run here, at its next checkpoint
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._pending.append(self._writer.submit(task, *args))
+
+
+# Writes waiting in a background writer at most (each a copy of the checkpoint in host memory).
+MAX_PENDING = 2
+_WRITERS: weakref.WeakSet[AtomicCheckpointIO] = weakref.WeakSet()
+
+
+def wait_for_checkpoint_writes() -> None:
+    """Return once every checkpoint handed to a background writer of this process is on disk: for code that reads
+    the files during the run (a logger uploading them)."""
+    for writer in list(_WRITERS):
+        writer.wait()
+
+
+def _multi_process() -> bool:
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
+def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", copy=True)
+
+
+def write_atomically(checkpoint: dict[str, Any], target: Path) -> None:
+    """Save `checkpoint` at `target` through a flushed temporary file renamed over it (see AtomicCheckpointIO)."""
+    remove_stale_temporaries(target)
+    tmp_name = ""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is not
+        os.replace(tmp_name, target)
+    # torch.save's zip writer reports a failed write (a full disk, a file-size limit) as a RuntimeError.
+    except (OSError, RuntimeError) as err:
+        if tmp_name:
+            Path(tmp_name).unlink(missing_ok=True)
+        free = shutil.disk_usage(_existing_parent(target)).free / 2**20
+        if isinstance(err, OSError) and err.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            what, hint = err.strerror or str(err), "check that the folder is writable"
+        else:
+            what = err.strerror if isinstance(err, OSError) else f"the write stopped short: {str(err)[:120]}"
+            hint = "free some disk space (or raise the file-size limit, ulimit -f)"
+        raise CheckpointWriteError(
+            f"could not write checkpoint {target} ({what}; {free:,.0f} MiB free there): {hint}, "
+            f"then resume; the previous checkpoint at that path, if any, is intact"
+        ) from err
+    _fsync_dir(target.parent)
 
 
 def remove_stale_temporaries(target: Path) -> None:

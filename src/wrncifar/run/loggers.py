@@ -18,6 +18,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from wrncifar.analysis.output_files import write_file
+from wrncifar.run.checkpoints import wait_for_checkpoint_writes
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.tracking import without_secrets
 
@@ -120,6 +121,19 @@ class WandbLogger(LightningWandbLogger):
             for name, summary in self._summary.items():
                 run.define_metric(name, summary=summary, step_metric="trainer/global_step")
         return run
+
+    # With log_model, W&B reads the checkpoint files: after each save ("all") or at the end (true). Checkpoints
+    # are written in the background (AtomicCheckpointIO), so first wait until they are on disk.
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        if self._log_model == "all":
+            wait_for_checkpoint_writes()
+        super().after_save_checkpoint(checkpoint_callback)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._log_model and status == "success":
+            wait_for_checkpoint_writes()
+        super().finalize(status)
 
 
 def wandb_mode(offline: bool | None, run_dir: str | None = None) -> str | None:
