@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import wrncifar.run.checkpoints as checkpointing
 from tests.conftest import HANG_TIMEOUT_S, TINY_SYNTHETIC
+from wrncifar.callbacks.checkpoint_on_signal import CheckpointOnSignal
 from wrncifar.run.checkpoints import AtomicCheckpointIO, CheckpointWriteError, load_checkpoint
 from wrncifar.run.fit_and_test import train
 from wrncifar.run.loggers import WandbLogger
@@ -180,3 +185,29 @@ def test_a_write_that_fails_after_fit_moved_on_stops_the_run_with_its_error_and_
         train(make_config(TWO_SHORT_EPOCHS))
     assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["epoch"] == 0, "the previous last.ckpt is kept"
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+
+
+def test_a_signals_save_is_on_disk_before_the_job_is_requeued(tmp_path, gate, monkeypatch) -> None:
+    io, requeued = AtomicCheckpointIO(background=True), threading.Event()
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setattr(SLURMEnvironment, "detect", staticmethod(lambda: True))
+    monkeypatch.setattr(
+        "wrncifar.callbacks.checkpoint_on_signal.requeue_slurm_job",
+        lambda: requeued.set() or (tmp_path / "last.ckpt").is_file(),
+    )
+    trainer = SimpleNamespace(
+        strategy=SimpleNamespace(checkpoint_io=io),
+        save_checkpoint=lambda path, weights_only: io.save_checkpoint(checkpoint(torch.ones(2), step=3), path),
+        global_step=3,
+        is_global_zero=True,
+    )
+    callback, stop = CheckpointOnSignal(tmp_path), SIGTERMException()
+    callback.signum = signal.SIGUSR1
+    stopping = threading.Thread(target=callback.on_exception, args=(trainer, None, stop))
+    stopping.start()
+    time.sleep(0.2)
+    assert not requeued.is_set(), "the job was requeued (and would be killed) while its checkpoint was unwritten"
+    gate.open.set()
+    stopping.join(HANG_TIMEOUT_S)
+    assert stop.requeued, "requeued only once last.ckpt was on disk"
+    assert load_checkpoint(tmp_path / "last.ckpt")["global_step"] == 3

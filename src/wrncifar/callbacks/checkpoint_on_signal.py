@@ -16,7 +16,6 @@ from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompo
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from wrncifar.callbacks.early_signals import early_signal, forget_early_signal, is_early_signals_handler
-from wrncifar.run.checkpoints import wait_for_checkpoint_writes
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,11 @@ class CheckpointOnSignal(Callback):
         if not self.before_training:
             path = self.dirpath / "last.ckpt"
             trainer.save_checkpoint(path, weights_only=False)  # the full state: a resume continues from it
-            wait_for_checkpoint_writes()  # on disk before the job is requeued (and killed) or the process exits
+            # On disk before the job is requeued (and killed) or the process exits: a checkpoint IO that writes in
+            # the background says when it is done through `wait`.
+            wait = getattr(trainer.strategy.checkpoint_io, "wait", None)
+            if callable(wait):
+                wait()
             log.warning("Stopped by a signal after step %d; saved %s", trainer.global_step, path)
         if signum == signal.SIGUSR1 and SLURMEnvironment.detect() and trainer.is_global_zero:
             exception.requeued = requeue_slurm_job()
