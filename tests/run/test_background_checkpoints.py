@@ -88,6 +88,62 @@ def test_pending_writes_are_bounded_so_a_slow_disk_holds_training_back(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.ckpt", "1.ckpt", "9.ckpt"]
 
 
+@pytest.fixture
+def snapshots(gate: Gate, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Every snapshot handed to the writer (behind the gate), kept alive: no host address is freed and reused."""
+    written: list[dict] = []
+    held_write = checkpointing.write_atomically
+
+    def recorded(snapshot, target: Path) -> None:
+        written.append(snapshot)
+        held_write(snapshot, target)
+
+    monkeypatch.setattr(checkpointing, "write_atomically", recorded)
+    return written
+
+
+def test_a_snapshot_reuses_the_host_memory_of_a_written_checkpoint_never_of_a_pending_one(
+    tmp_path, gate, snapshots
+) -> None:
+    io, weight = AtomicCheckpointIO(background=True), torch.zeros(256)
+
+    def save(step: int) -> None:
+        weight.fill_(step)  # each save holds different values
+        io.save_checkpoint(checkpoint(weight, step), tmp_path / f"{step}.ckpt")
+
+    save(0)
+    save(1)  # the first is still being written: its host memory is not the second's
+    gate.open.set()
+    io.wait()
+    save(2)
+    io.wait()
+    weight = torch.zeros(3, 3)  # another network: new shapes, new host memory
+    save(3)
+    io.teardown()
+    address = [snapshot["state_dict"]["w"].data_ptr() for snapshot in snapshots]
+    assert address[0] != address[1], "a pending write's host memory was overwritten by the next save"
+    assert address[2] in address[:2], "after a write finished, the next save copies into its host memory"
+    assert address[3] not in address[:3]
+    for step in range(4):
+        assert load_checkpoint(tmp_path / f"{step}.ckpt")["state_dict"]["w"].eq(step).all(), f"{step}.ckpt"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_snapshot_is_copied_to_pinned_host_memory_and_written_whole(tmp_path, gate, snapshots) -> None:
+    io, weight = AtomicCheckpointIO(background=True), torch.ones(1024, device="cuda")
+    io.save_checkpoint(checkpoint(weight, step=1), tmp_path / "1.ckpt")
+    weight.add_(1)  # the next step, queued on the GPU right after the copy
+    gate.open.set()
+    io.wait()
+    io.save_checkpoint(checkpoint(weight, step=2), tmp_path / "2.ckpt")  # into the first one's host memory
+    io.teardown()
+    assert [s["state_dict"]["w"].is_pinned() for s in snapshots] == [True, True]
+    assert snapshots[0]["state_dict"]["w"].data_ptr() == snapshots[1]["state_dict"]["w"].data_ptr()
+    for step in (1, 2):
+        assert load_checkpoint(tmp_path / f"{step}.ckpt")["state_dict"]["w"].eq(step).all()
+
+
 def test_a_failed_background_write_stops_the_run_at_its_next_checkpoint_and_keeps_the_previous_file(
     tmp_path, monkeypatch
 ) -> None:

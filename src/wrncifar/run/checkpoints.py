@@ -35,7 +35,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     target: a crash or a full disk mid-write leaves the previous checkpoint whole, never a truncated one.
 
     With `background=True` the writing happens in a thread of its own while training goes on: `save_checkpoint`
-    copies the tensors to host memory (the state at that moment) and returns. Writes and removals run in the order
+    copies the tensors to host memory (the state at that moment) and returns. The copies go into the host tensors of
+    a snapshot already written (pinned memory for a GPU's tensors), so that after the first save a checkpoint costs
+    training a memory copy, not fresh memory and page faults; at most `MAX_PENDING` snapshots are kept, and
+    `teardown` frees them. Writes and removals run in the order
     they were asked for; with `MAX_PENDING` of them waiting, the next one waits too (a slow disk holds training
     back rather than filling memory with copies). Loading a checkpoint, `teardown` (the end of fit or test) and
     `wait()` first wait for every write asked so far, and a write that failed is raised by the next call (its
@@ -48,6 +51,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self.background = background
         self._writer: ThreadPoolExecutor | None = None
         self._pending: deque[Future] = deque()
+        self._free_snapshots: deque[list[torch.Tensor]] = deque()  # host tensors of snapshots written, to reuse
         _WRITERS.add(self)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
@@ -57,9 +61,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             self.wait()  # after any write still pending from before: the order asked for
             write_atomically(checkpoint, Path(path))
             return
+        self._make_room()  # first, so that the snapshot may reuse the host tensors of a write that just finished
         # On this thread: the state as it is now, whatever the next steps change (tensors in place, dicts).
-        snapshot = apply_to_collection(checkpoint, torch.Tensor, _host_copy)
-        self._submit(write_atomically, snapshot, Path(path))
+        snapshot, host_tensors = _snapshot(checkpoint, self._free_snapshots.pop() if self._free_snapshots else [])
+        self._submit(self._write_snapshot, snapshot, Path(path), host_tensors)
+
+    def _write_snapshot(self, snapshot: dict[str, Any], path: Path, host_tensors: list[torch.Tensor]) -> None:
+        try:
+            write_atomically(snapshot, path)
+        finally:
+            self._free_snapshots.append(host_tensors)  # deque: appends and pops are thread-safe
 
     def remove_checkpoint(self, path: str | Path) -> None:
         if self._pending:  # after the writes asked before it: never a file that is still to be written
@@ -78,15 +89,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
                 self._writer = None
+            self._free_snapshots.clear()
 
     def wait(self) -> None:
         """Return once every write and removal asked so far is done; raise the first of them that failed."""
         while self._pending:
             self._pending.popleft().result()
 
-    def _submit(self, task: Callable[..., None], *args: Any) -> None:
+    def _make_room(self) -> None:
+        """Collect the finished writes, and wait for the oldest while `MAX_PENDING` are pending."""
         while self._pending and (self._pending[0].done() or len(self._pending) >= MAX_PENDING):
             self._pending.popleft().result()  # a failed write stops the run here, at its next checkpoint
+
+    def _submit(self, task: Callable[..., None], *args: Any) -> None:
+        self._make_room()
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
         self._pending.append(self._writer.submit(task, *args))
@@ -112,8 +128,24 @@ def _multi_process() -> bool:
     )
 
 
-def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().to("cpu", copy=True)
+def _snapshot(checkpoint: dict[str, Any], reusable: list[torch.Tensor]) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """A copy of `checkpoint` whose tensors are in host memory, and those host tensors in the order they were
+    copied. The i-th tensor is copied into `reusable[i]` where that has its shape, strides and dtype (the same
+    checkpoint saved again), into new host memory otherwise."""
+    host_tensors: list[torch.Tensor] = []
+
+    def copy(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach()
+        i = len(host_tensors)
+        host = reusable[i] if i < len(reusable) else None
+        if host is None or (host.shape, host.stride(), host.dtype) != (tensor.shape, tensor.stride(), tensor.dtype):
+            # Pinned for a GPU's tensors: the copy is a direct transfer, several times faster than to pageable memory.
+            host = torch.empty_like(tensor, device="cpu", pin_memory=tensor.is_cuda)
+        host.copy_(tensor)  # synchronous: the state at this step, whatever the next steps change
+        host_tensors.append(host)
+        return host
+
+    return apply_to_collection(checkpoint, torch.Tensor, copy), host_tensors
 
 
 def write_atomically(checkpoint: dict[str, Any], target: Path) -> None:
