@@ -161,13 +161,6 @@ def test_a_failed_background_write_stops_the_run_at_its_next_checkpoint_and_keep
     assert load_checkpoint(path)["global_step"] == 1
 
 
-def test_a_multi_process_run_writes_in_the_foreground(tmp_path, gate, monkeypatch) -> None:
-    monkeypatch.setattr(checkpointing, "_multi_process", lambda: True)
-    gate.open.set()
-    AtomicCheckpointIO(background=True).save_checkpoint(checkpoint(torch.ones(2), step=1), tmp_path / "last.ckpt")
-    assert gate.threads == [threading.current_thread().name], "rank 0's file is whole at Lightning's barrier"
-
-
 @pytest.mark.parametrize("log_model", ["all", False])
 def test_wandb_reads_checkpoint_files_only_once_they_are_written(tmp_path, gate, monkeypatch, log_model) -> None:
     path, seen = tmp_path / "epoch_001.ckpt", []

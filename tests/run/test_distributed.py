@@ -3,6 +3,7 @@ a single process at the same global batch; and the distributed set-ups that are 
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,14 +40,44 @@ DDP_DATA = [
 PER_DEVICE_BATCH = 8
 
 
+# Loaded by every process of the DDP run below (through PYTHONPATH): each checkpoint write takes 3 s longer and
+# records the thread it ran on, so a rank that read a checkpoint before rank 0 had written it would fail the run.
+SLOW_WRITES = """
+import os, threading, time
+import wrncifar.run.checkpoints as checkpoints
+
+write = checkpoints.write_atomically
+
+def slow_write(checkpoint, target):
+    time.sleep(3)
+    write(checkpoint, target)
+    with open(os.environ["WRITES_RECORD"], "a") as record:
+        record.write(f"{os.environ.get('LOCAL_RANK', '0')} {threading.current_thread().name} {target.name}\\n")
+
+checkpoints.write_atomically = slow_write
+"""
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One epoch of `trainer=ddp_cpu` (2 processes, batch 8 each) through `python src/train.py`."""
-    run_dir = tmp_path_factory.mktemp("ddp")
+    """One epoch of `trainer=ddp_cpu` (2 processes, batch 8 each) through `python src/train.py`, its checkpoint
+    writes slowed down (SLOW_WRITES) and recorded in `<run>/writes.txt`."""
+    run_dir, hooks = tmp_path_factory.mktemp("ddp"), tmp_path_factory.mktemp("slow_writes")
+    (hooks / "sitecustomize.py").write_text(SLOW_WRITES)
+    env = {"PYTHONPATH": os.pathsep.join([str(hooks), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env["WRITES_RECORD"] = str(run_dir / "writes.txt")
     args = [*DDP_DATA, "trainer=ddp_cpu", f"data.batch_size={PER_DEVICE_BATCH}", f"hydra.run.dir={run_dir}"]
-    result = run_entry("train.py", args)
+    result = run_entry("train.py", args, env=env)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return run_dir
+
+
+@pytest.mark.slow
+def test_rank_0_writes_checkpoints_in_the_background_and_the_test_reads_them_whole(ddp_run: Path) -> None:
+    writes = (ddp_run / "writes.txt").read_text().splitlines()
+    assert sorted(writes) == ["0 checkpoint-writer_0 epoch_000.ckpt", "0 checkpoint-writer_0 last.ckpt"]
+    # Every rank tested the best checkpoint after rank 0 had written it: the run succeeded, and tested once.
+    assert "Testing the best checkpoint" in (ddp_run / "train.log").read_text()
 
 
 @pytest.mark.slow

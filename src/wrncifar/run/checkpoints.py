@@ -12,12 +12,15 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.apply_func import apply_to_collection
 from torch import nn
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +45,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     they were asked for; with `MAX_PENDING` of them waiting, the next one waits too (a slow disk holds training
     back rather than filling memory with copies). Loading a checkpoint, `teardown` (the end of fit or test) and
     `wait()` first wait for every write asked so far, and a write that failed is raised by the next call (its
-    CheckpointWriteError: the previous file at that path is whole). A multi-process run (DDP) writes in the
-    foreground, as Lightning's barrier after each save is what makes the other ranks wait for rank 0's file.
+    CheckpointWriteError: the previous file at that path is whole). In a multi-process run (DDP) rank 0 alone saves;
+    another rank that is to read a checkpoint of this run first waits for rank 0's writes (`checkpoints_written`).
     """
 
     def __init__(self, background: bool = False) -> None:
@@ -57,7 +60,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
-        if not (self.background and not _multi_process()):
+        if not self.background:
             self.wait()  # after any write still pending from before: the order asked for
             write_atomically(checkpoint, Path(path))
             return
@@ -120,12 +123,14 @@ def wait_for_checkpoint_writes() -> None:
         writer.wait()
 
 
-def _multi_process() -> bool:
-    return (
-        torch.distributed.is_available()
-        and torch.distributed.is_initialized()
-        and torch.distributed.get_world_size() > 1
-    )
+def checkpoints_written(trainer: Trainer) -> None:
+    """Return, on every process of the run, once each checkpoint it saved is on disk: rank 0 writes them (in the
+    background), so in a multi-process run the others wait here for rank 0 before they read one (the test of the
+    best checkpoint after fit). Every process of the run must call it."""
+    wait = getattr(trainer.strategy.checkpoint_io, "wait", None)
+    if callable(wait):
+        wait()
+    trainer.strategy.barrier("checkpoints written")
 
 
 def _snapshot(checkpoint: dict[str, Any], reusable: list[torch.Tensor]) -> tuple[dict[str, Any], list[torch.Tensor]]:

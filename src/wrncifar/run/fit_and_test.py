@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 from torchmetrics import MaxMetric
 
-from wrncifar.run.checkpoints import check_compatible, load_checkpoint, load_network_weights
+from wrncifar.run.checkpoints import check_compatible, checkpoints_written, load_checkpoint, load_network_weights
 from wrncifar.run.config_validation import ConfigError, check_num_classes, validate_config
 from wrncifar.run.console import quiet_console
 from wrncifar.run.distributed import check_launch, stop_if_group_does_not_form
@@ -100,6 +100,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics |= restored_best_accuracy(model)
 
     if cfg.get("test", True):
+        checkpoints_written(trainer)  # DDP: no process reads the best checkpoint before rank 0 has written it
         ckpt_path = _checkpoint_to_test(trainer, cfg)
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics |= metrics_as_floats(trainer.callback_metrics)
