@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HANG_TIMEOUT_S, ROOT
-from wrncifar.gpu_report import Step, _read_metrics, markdown, parse_args, run_step
+from wrncifar.gpu_report import Step, _read_metrics, exit_status, markdown, parse_args, run_step, write_outputs
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +128,26 @@ def test_a_report_whose_budget_runs_out_still_writes_its_table_and_outputs(tmp_p
     assert [(r[0].strip("| "), r[2]) for r in rows] == [(n, "stopped") for n in ("bench", "fast", "fast-warm", "paper")]
     with tarfile.open(tmp_path / "runs.tar.gz") as tar:
         assert "fast/console.log" in tar.getnames()
+
+
+def test_the_budget_stopping_the_bench_or_the_paper_recipe_is_no_failure_a_failed_or_unfinished_step_is() -> None:
+    def report(**status: tuple[int | None, str]) -> list[Step]:
+        return [Step(name, [], returncode=code, status=why) for name, (code, why) in status.items()]
+
+    done = (0, "")
+    assert exit_status(report(bench=(None, "stopped"), fast=done, **{"fast-warm": done}, paper=(None, "skipped"))) == 0
+    assert exit_status(report(bench=done, fast=done, **{"fast-warm": done}, paper=(None, "stopped"))) == 0
+    assert exit_status(report(bench=(1, ""), fast=done, **{"fast-warm": done}, paper=done)) == 1
+    assert exit_status(report(bench=done, fast=(None, "stopped"))) == 1, "the fast recipe is measured to its end"
+
+
+def test_the_packed_runs_leave_out_checkpoints_and_the_temporary_file_of_one_cut_short(tmp_path) -> None:
+    run = tmp_path / "runs" / "paper"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("console.log", "checkpoints/last.ckpt", "checkpoints/.last.ckpt.k2j3_x.tmp", "checkpoints/notes.tmp"):
+        (run / name).write_text("x")
+    (tmp_path / "out").mkdir()
+    write_outputs(tmp_path / "out", tmp_path / "runs", [Step("paper", ["train.py"])], "cpu")
+    with tarfile.open(tmp_path / "out" / "runs.tar.gz") as tar:
+        names = sorted(tar.getnames())
+    assert names == ["paper", "paper/checkpoints", "paper/checkpoints/notes.tmp", "paper/console.log"]

@@ -7,13 +7,16 @@ import pytest
 
 from tests.conftest import TINY_SYNTHETIC
 from wrncifar.run.fit_and_test import train
+from wrncifar.run.speed import Hardware, resolve_speed
 
 EXPERIMENTS = ["wrn_cifar100", "wrn_cifar100_fast", "wrn_cifar100_strong"]
 
 
 def test_fast_recipe_is_one_cycle_with_label_smoothing_bf16_and_on_device_data(make_config) -> None:
-    cfg = make_config(["experiment=wrn_cifar100_fast"])
-    assert cfg.trainer.max_epochs == 30 and cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+    cfg = make_config(["experiment=wrn_cifar100_fast"], speed=False)
+    assert (cfg.trainer.max_epochs, cfg.trainer.accelerator) == (30, "gpu")
+    resolve_speed(cfg, Hardware(cuda=True, name="NVIDIA H100", bf16=True, triton=True))
+    assert cfg.trainer.precision == "bf16-mixed"  # fp16 on a GPU without bf16 arithmetic (tests/run/test_speed.py)
     assert cfg.model.scheduler.name == "onecycle" and cfg.model.label_smoothing == 0.1
     assert cfg.data.on_device and cfg.data.drop_last and cfg.model.compile and cfg.model.channels_last
     assert cfg.model.net._target_.endswith(".WideResNet") and cfg.model.net.widths == [16, 160, 320, 640]

@@ -32,9 +32,11 @@ def test_the_paper_recipe_on_a_gpu_takes_the_whole_fast_path(make_config, caplog
     # The recipe itself is untouched: the speed comes from the pipeline.
     assert (cfg.data.batch_size, cfg.trainer.max_epochs, cfg.model.optimizer.lr) == (128, 200, 0.1)
     assert caplog.messages == [
-        "Speed on NVIDIA H100 80GB HBM3: bf16-mixed, data on the GPU, channels_last, torch.compile (off with "
-        "trainer.precision=32-true data.on_device=false model.channels_last=false model.compile=false)"
+        "Speed on NVIDIA H100 80GB HBM3: bf16-mixed, data on the GPU, channels_last, torch.compile, cuDNN autotuning "
+        "(off with trainer.precision=32-true trainer.benchmark=false data.on_device=false model.channels_last=false "
+        "model.compile=false)"
     ]
+    assert cfg.trainer.benchmark is True
 
 
 def test_older_gpus_get_fp16_and_short_runs_stay_eager(make_config) -> None:
@@ -47,6 +49,58 @@ def test_on_the_cpu_nothing_changes(make_config) -> None:
     cfg = make_config(["experiment=wrn_cifar100"], speed=False)
     resolve_speed(cfg)  # this machine: no GPU
     assert speed(cfg) == ("32-true", False, False, False, False)
+    assert cfg.trainer.benchmark is None  # Lightning's own default
+
+
+@pytest.mark.parametrize(
+    ("capability", "emulated_bf16", "bf16"),
+    [((9, 0), True, True), ((8, 0), True, True), ((7, 5), True, False), ((7, 0), False, False)],
+)
+def test_bf16_is_chosen_where_the_gpu_computes_in_it_not_where_torch_emulates_it(
+    monkeypatch, capability, emulated_bf16, bf16
+) -> None:
+    """`torch.cuda.is_bf16_supported()` says yes on a T4 (7.5), whose bf16 is emulated: fp16 is its fast path."""
+    import torch
+
+    asked: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: asked.append(index) or "GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: asked.append(index) or capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: emulated_bf16)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr("torch.utils._triton.has_triton", lambda: True)
+    assert Hardware.for_accelerator("auto", devices=1).bf16 is bf16
+    assert Hardware.for_accelerator("gpu", devices=[2, 3]).bf16 is bf16
+    assert Hardware.for_accelerator("gpu", devices="1,").name == "GPU"
+    assert asked == [0, 0, 2, 2, 1, 1], "the GPU the run trains on: the first of a list of indices"
+    assert Hardware.for_accelerator("cpu") == Hardware(cuda=False)
+
+
+@pytest.mark.parametrize(
+    ("limit", "compiles"),
+    [
+        ([], True),  # 200 epochs
+        ([f"trainer.max_epochs={COMPILE_FROM_EPOCHS - 1}"], False),
+        (["+trainer.max_time=00:00:05:00"], False),  # the first limit reached stops training
+        (["+trainer.max_time=00:02:00:00"], True),
+        (["+trainer.max_time={minutes: 9}"], False),
+        (["+trainer.max_steps=1000"], False),  # 128,000 images: under 3 epochs
+        (["+trainer.max_steps=50000"], True),
+        (["trainer.max_epochs=-1", "+trainer.max_steps=1000"], False),
+    ],
+)
+def test_compiling_waits_for_a_run_long_enough_to_repay_it_whichever_limit_stops_it(
+    make_config, limit, compiles
+) -> None:
+    cfg = make_config(["experiment=wrn_cifar100", *limit], speed=False)
+    resolve_speed(cfg, H100)
+    assert (cfg.model.compile, cfg.data.drop_last) == (compiles, compiles)
+
+
+def test_deterministic_runs_keep_cudnn_from_autotuning(make_config) -> None:
+    cfg = make_config(["experiment=wrn_cifar100", "trainer.deterministic=true"], speed=False)
+    resolve_speed(cfg, H100)
+    assert cfg.trainer.benchmark is None  # Lightning: False when deterministic
 
 
 def test_a_policy_that_needs_cpu_workers_keeps_the_data_there_and_says_why(make_config, caplog) -> None:

@@ -4,12 +4,17 @@ were (fp32, eager, loader workers). A value given explicitly always wins, and th
 each choice off.
 
     setting               auto on a CUDA GPU                         auto on the CPU
-    trainer.precision     bf16-mixed (16-mixed without bf16)         32-true
+    trainer.precision     bf16-mixed (16-mixed on GPUs without       32-true
+                          bf16 arithmetic: before Ampere)
+    trainer.benchmark     true: cuDNN times its convolution          Lightning's default
+                          algorithms once per shape (not with
+                          trainer.deterministic=true)
     data.on_device        true (false, with the reason, for          false
                           data.policy other than none)
     model.channels_last   true                                       false
-    model.compile         true for runs of COMPILE_FROM_EPOCHS or    false
-                          more epochs, where Triton is available
+    model.compile         true for runs long enough to repay the     false
+                          compilation (`long_enough_to_compile`),
+                          where Triton is available
     data.drop_last        true when compiling (one batch shape)      false
 """
 
@@ -17,8 +22,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, open_dict
@@ -30,8 +38,11 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"
 # Compiling the seed network takes about a minute and makes a bf16 step 1.19× faster on an H100 (19,335 → 23,043
-# images/s, docs/benchmarks.md): it pays from about 5 million training images, ≈ 100 epochs of CIFAR's 45,000.
+# images/s, docs/benchmarks.md): it pays from about 5 million training images, ≈ 100 epochs of CIFAR's 45,000,
+# or from about ten minutes of training.
 COMPILE_FROM_EPOCHS = 100
+COMPILE_FROM_SECONDS = 600
+TRAIN_IMAGES_PER_EPOCH = 45_000  # CIFAR's training split: what a limit in steps is measured against
 
 
 @dataclass(frozen=True)
@@ -44,15 +55,69 @@ class Hardware:
     triton: bool = False
 
     @classmethod
-    def for_accelerator(cls, accelerator: str | None) -> Hardware:
-        """The device Lightning will pick for `trainer.accelerator` on this machine."""
+    def for_accelerator(cls, accelerator: str | None, devices: Any = None) -> Hardware:
+        """The device Lightning will pick for `trainer.accelerator` and `trainer.devices` on this machine (the
+        first of the GPUs a list of indices names)."""
         if accelerator not in (None, "auto", "gpu", "cuda") or not torch.cuda.is_available():
             return cls(cuda=False)
         from torch.utils._triton import has_triton  # only where there is a GPU
 
-        return cls(
-            cuda=True, name=torch.cuda.get_device_name(), bf16=torch.cuda.is_bf16_supported(), triton=has_triton()
-        )
+        index = _first_gpu(devices)
+        return cls(cuda=True, name=torch.cuda.get_device_name(index), bf16=_bf16_arithmetic(index), triton=has_triton())
+
+
+def _first_gpu(devices: Any) -> int:
+    """The index of the first GPU `trainer.devices` names: a list (`[2, 3]`) or a string of them (`"2,3"`); 0 for a
+    count or `auto`."""
+    if isinstance(devices, str) and "," in devices:
+        devices = [d for d in devices.split(",") if d.strip()]
+    if isinstance(devices, Sequence) and not isinstance(devices, str) and devices:
+        return int(devices[0])
+    return 0
+
+
+def _bf16_arithmetic(index: int) -> bool:
+    """Whether GPU `index` computes in bf16 itself: CUDA compute capability 8.0 or later (Ampere on), ROCm's own
+    answer. `torch.cuda.is_bf16_supported()` also says yes where bf16 is only emulated (a T4, a V100), slowly, and
+    where Inductor's bf16 kernels are not supported: there fp16 with a gradient scaler is the fast choice."""
+    if torch.version.hip:
+        return torch.cuda.is_bf16_supported()
+    return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def long_enough_to_compile(trainer: DictConfig, batch_size: Any) -> bool:
+    """Whether the training the run is limited to repays a compilation: every limit set (`max_epochs`, `max_steps`
+    at `batch_size`, `max_time`) allows at least COMPILE_FROM_EPOCHS epochs' worth of images or
+    COMPILE_FROM_SECONDS of training; training stops at the first limit reached. A value that is not a number is
+    left to the config's checks, which run next and name it."""
+    epochs, steps, seconds = trainer.get("max_epochs"), trainer.get("max_steps"), _seconds(trainer.get("max_time"))
+    if _is_int(epochs) and 0 <= epochs < COMPILE_FROM_EPOCHS:
+        return False
+    images = steps * batch_size if _is_int(steps) and _is_int(batch_size) and steps >= 0 else None
+    if images is not None and images < COMPILE_FROM_EPOCHS * TRAIN_IMAGES_PER_EPOCH:
+        return False
+    return seconds is None or seconds >= COMPILE_FROM_SECONDS
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _seconds(max_time: Any) -> float | None:
+    """`trainer.max_time` in seconds: Lightning's "DD:HH:MM:SS" string or a dict of timedelta's arguments; None
+    when there is no limit (or one Lightning will refuse itself)."""
+    if isinstance(max_time, str):
+        parts = max_time.split(":")
+        if len(parts) == 4 and all(p.strip().isdigit() for p in parts):
+            days, hours, minutes, seconds = (int(p) for p in parts)
+            return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds()
+        return None
+    if isinstance(max_time, Mapping):
+        try:
+            return timedelta(**{str(k): float(v) for k, v in max_time.items()}).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return max_time.total_seconds() if isinstance(max_time, timedelta) else None
 
 
 def resolve_speed(cfg: DictConfig, hardware: Hardware | None = None, training: bool = True) -> list[str]:
@@ -62,17 +127,20 @@ def resolve_speed(cfg: DictConfig, hardware: Hardware | None = None, training: b
     trainer, data, model = cfg.get("trainer") or {}, cfg.get("data") or {}, cfg.get("model") or {}
     if AUTO not in (
         trainer.get("precision"),
+        trainer.get("benchmark"),
         data.get("on_device"),
         data.get("drop_last"),
         model.get("channels_last"),
         model.get("compile"),
     ):
         return []
-    hw = hardware or Hardware.for_accelerator(trainer.get("accelerator"))
+    hw = hardware or Hardware.for_accelerator(trainer.get("accelerator"), trainer.get("devices"))
     fallbacks: list[str] = []
     with open_dict(cfg):
         if trainer.get("precision") == AUTO:
             trainer.precision = ("bf16-mixed" if hw.bf16 else "16-mixed") if hw.cuda else "32-true"
+        if trainer.get("benchmark") == AUTO:
+            trainer.benchmark = True if hw.cuda and not trainer.get("deterministic") else None
         if data.get("on_device") == AUTO:
             policy = data.get("policy", "none")
             data.on_device = hw.cuda and policy == "none"
@@ -81,8 +149,8 @@ def resolve_speed(cfg: DictConfig, hardware: Hardware | None = None, training: b
         if model.get("channels_last") == AUTO:
             model.channels_last = hw.cuda
         if model.get("compile") == AUTO:
-            epochs = trainer.get("max_epochs") or 0
-            model.compile = training and hw.cuda and hw.triton and epochs >= COMPILE_FROM_EPOCHS
+            long_enough = long_enough_to_compile(trainer, data.get("batch_size"))
+            model.compile = training and hw.cuda and hw.triton and long_enough
             if training and hw.cuda and not hw.triton:
                 fallbacks.append("torch.compile needs Triton, which is not installed: eager")
         if data.get("drop_last") == AUTO:
@@ -96,8 +164,11 @@ def _describe(trainer: DictConfig, data: DictConfig, model: DictConfig) -> str:
     parts = [str(trainer.get("precision")), where]
     parts.append("channels_last" if model.get("channels_last") else "NCHW")
     parts.append("torch.compile" if model.get("compile") else "eager")
+    if trainer.get("benchmark"):
+        parts.append("cuDNN autotuning")
     off = [
         "trainer.precision=32-true" if trainer.get("precision") != "32-true" else "",
+        "trainer.benchmark=false" if trainer.get("benchmark") else "",
         "data.on_device=false" if data.get("on_device") else "",
         "model.channels_last=false" if model.get("channels_last") else "",
         "model.compile=false" if model.get("compile") else "",
