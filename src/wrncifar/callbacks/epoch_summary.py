@@ -74,8 +74,8 @@ class EpochSummary(Callback):
             return
         self._steps_seen += 1
         if self._steps_seen == 1:  # waits for data and, once, for compilation: not a typical step
-            self._log_start_up()
             self._window_start, self._window_images = _device_time(pl_module), 0
+            self._log_start_up()  # after the sync: the first step's device work counts as the step's
             return
         self._window_images += images_in_batch(batch)
         if self._steps_seen == self.measure_steps + 1:
