@@ -18,6 +18,9 @@ TINY += ["--train-images", "128", "--widths", "4", "8", "8", "8", "--blocks-per-
 def test_cases_cover_both_loops_pipelines_precisions_and_compilation() -> None:
     names = {c.name for c in all_cases()}
     assert {"plain/naive/fp32/eager", "plain/naive/bf16/eager"} <= names
+    # The CPU default (the project's loader), Lightning against the plain loop, in the standard cases.
+    loader = {f"{loop}/loader/{p}/eager" for loop in ("plain", "lightning") for p in ("fp32", "bf16")}
+    assert loader <= {c.name for c in selected_cases(None)}
     for loop in ("plain", "lightning"):
         for precision in ("fp32", "bf16"):
             for mode in ("eager", "compiled"):
@@ -51,8 +54,9 @@ def test_tiny_benchmark_measures_every_eager_case_and_writes_its_report(tmp_path
         assert r["vs_naive"] == pytest.approx(r["images_per_sec"] / naive)
         assert r["peak_memory_mib"] is None and r["mfu"] is None  # CPU: no device memory, no known peak
         assert r["warmup_s"] > 0
-    lightning, plain = results["lightning/device/bf16/eager"], results["plain/device/bf16/eager"]
-    assert lightning["vs_plain_device"] == pytest.approx(lightning["images_per_sec"] / plain["images_per_sec"])
+    for pipeline in ("device", "loader"):
+        lightning, plain = results[f"lightning/{pipeline}/bf16/eager"], results[f"plain/{pipeline}/bf16/eager"]
+        assert lightning["vs_plain_device"] == pytest.approx(lightning["images_per_sec"] / plain["images_per_sec"])
     assert results["plain/naive/fp32/eager"]["vs_plain_device"] is None
     assert set(report["pipeline_images_per_sec"]) == {"on-device (cpu)", "PIL per DataLoader worker (cpu)"}
     assert "Top kernels of plain/device/fp32/eager" in report["profile"]

@@ -6,10 +6,14 @@
 Cases (all in one process, on the same synthetic CIFAR-shaped data, timed after warm-up between device syncs):
   plain/naive      a plain PyTorch loop fed by a DataLoader with PIL transforms (what torchvision's CIFAR100
                    does), NCHW, eager: the baseline (a)
-  plain/device     the same loop fed by `DeviceBatches` (data on the device), channels_last: (b)
+  plain/loader     the same loop fed by the project's datamodule with `on_device=False` (its DataLoader and
+                   transforms: a CPU run's default pipeline), NCHW, eager
+  lightning/loader `Trainer.fit` of the project's `ImageClassifier` on that datamodule: what a CPU run does
+  plain/device     the plain loop fed by `DeviceBatches` (data on the device), channels_last
   lightning/device `Trainer.fit` of the project's `ImageClassifier` on the project's datamodule with
-                   `on_device=True`, channels_last: (c)
-each at fp32 and bf16 autocast, eager and (for the on-device cases) torch.compile. Named with `--cases`, the
+                   `on_device=True`, channels_last: a GPU run's default
+each at fp32 and bf16 autocast, eager and (for the on-device cases) torch.compile; a Lightning case is compared
+with the plain loop on the same pipeline, precision and compilation (b). Named with `--cases`, the
 compilation variants run too, on the on-device path: `compiled-blocks` (regional compilation, each residual
 block on its own), `max-autotune` (Inductor's autotuned kernels, no CUDA graphs) and `cudagraphs`
 (`reduce-overhead`: CUDA graphs). Each compiled case starts from an empty compilation cache, so its `warmup_s`
@@ -69,7 +73,7 @@ STANDARD_COMPILATIONS = ("eager", "compiled")
 @dataclass(frozen=True)
 class Case:
     loop: str  # plain | lightning
-    pipeline: str  # naive | device
+    pipeline: str  # naive | loader | device
     precision: str  # fp32 | bf16
     compilation: str = "eager"  # a key of COMPILATIONS
 
@@ -124,6 +128,7 @@ class Report:
 def all_cases(variants: bool = True) -> list[Case]:
     """The standard cases, and with `variants` the other compilations of the on-device path."""
     cases = [Case("plain", "naive", p) for p in PRECISIONS]
+    cases += [Case(loop, "loader", p) for loop in ("plain", "lightning") for p in PRECISIONS]
     for loop in ("plain", "lightning"):
         cases += [Case(loop, "device", p, c) for c in STANDARD_COMPILATIONS for p in PRECISIONS]
     if variants:
@@ -273,7 +278,7 @@ def lightning_fit(
     in those."""
     model = ImageClassifier(
         net,
-        channels_last=True,
+        channels_last=case.pipeline == "device",
         compile=case.compiled,
         compile_scope=case.compile_scope,
         compile_mode=case.compile_mode,
@@ -314,11 +319,15 @@ def time_case(
     """Seconds of the warm-up and of the timed steps of `case`, and the host–device syncs of Lightning's steps."""
     torch.manual_seed(0)
     net = WideResNet(num_classes=100, widths=args.widths, blocks_per_stage=args.blocks_per_stage).to(device)
+    if case.pipeline == "loader":
+        datamodule = loader_datamodule(datamodule, args.workers)
     if case.loop == "lightning":
         return lightning_fit(net, datamodule, device, case, args.warmup, args.steps)
-    if case.pipeline == "device":
+    if case.pipeline == "loader":
+        batches: Iterable = datamodule.train_dataloader()
+    elif case.pipeline == "device":
         net = net.to(memory_format=torch.channels_last)
-        batches: Iterable = datamodule.device_batches(datamodule.train_set, args.batch_size, True, device)
+        batches = datamodule.device_batches(datamodule.train_set, args.batch_size, True, device)
     else:
         train = datamodule.train_set
         batches = DataLoader(
@@ -333,6 +342,20 @@ def time_case(
     if case.compiled:
         compile_in_place(net, case.compile_scope, case.compile_mode)
     return (*plain_loop(net, batches, device, case, args.warmup, args.steps, after_step), None)
+
+
+def loader_datamodule(datamodule: ArraysDataModule, workers: int) -> ArraysDataModule:
+    """`datamodule`'s images through the project's CPU loader path (`on_device=False`, `workers` processes)."""
+    loader = ArraysDataModule(
+        datamodule.arrays,
+        batch_size=datamodule.batch_size,
+        drop_last=True,
+        on_device=False,
+        num_workers=workers,
+        val_per_class=1,
+    )
+    loader.setup("fit")
+    return loader
 
 
 def pipeline_rates(datamodule: CIFAR100DataModule, device: torch.device, batch_size: int) -> dict[str, float]:
@@ -517,7 +540,7 @@ def add_ratios(results: list[Result]) -> None:
         if naive:
             r.vs_naive = r.images_per_sec / naive.images_per_sec
         plain = by_name.get(r.case.replace("lightning/", "plain/"))
-        if "/device/" in r.case and plain:
+        if "/naive/" not in r.case and plain:
             r.vs_plain_device = r.images_per_sec / plain.images_per_sec
 
 
