@@ -73,6 +73,7 @@ def test_bf16_is_chosen_where_the_gpu_computes_in_it_not_where_torch_emulates_it
     assert Hardware.for_accelerator("gpu", devices=[2, 3]).bf16 is bf16
     assert Hardware.for_accelerator("gpu", devices="1,").name == "GPU"
     assert asked == [0, 0, 2, 2, 1, 1], "the GPU the run trains on: the first of a list of indices"
+    assert Hardware.for_accelerator("gpu", devices=["x"]).cuda, "a bad value is the config check's to name, not a crash"
     assert Hardware.for_accelerator("cpu") == Hardware(cuda=False)
 
 

@@ -68,11 +68,12 @@ class Hardware:
 
 def _first_gpu(devices: Any) -> int:
     """The index of the first GPU `trainer.devices` names: a list (`[2, 3]`) or a string of them (`"2,3"`); 0 for a
-    count or `auto`."""
+    count, `auto`, or a value Lightning will refuse itself."""
     if isinstance(devices, str) and "," in devices:
         devices = [d for d in devices.split(",") if d.strip()]
     if isinstance(devices, Sequence) and not isinstance(devices, str) and devices:
-        return int(devices[0])
+        first = str(devices[0]).strip()
+        return int(first) if first.isdigit() else 0
     return 0
 
 
