@@ -127,9 +127,7 @@ def checkpoints_written(trainer: Trainer) -> None:
     """Return, on every process of the run, once each checkpoint it saved is on disk: rank 0 writes them (in the
     background), so in a multi-process run the others wait here for rank 0 before they read one (the test of the
     best checkpoint after fit). Every process of the run must call it."""
-    wait = getattr(trainer.strategy.checkpoint_io, "wait", None)
-    if callable(wait):
-        wait()
+    wait_for_checkpoint_writes()
     trainer.strategy.barrier("checkpoints written")
 
 
