@@ -15,16 +15,20 @@ import hydra
 from omegaconf import DictConfig
 
 from wrncifar.callbacks.early_signals import record_early_signals
+from wrncifar.callbacks.start_up import begin_job, phase_done
 from wrncifar.run.command_line import hydra_arguments
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
+    begin_job()
+    phase_done("hydra")
     # Imported here, once Hydra has read the command line: torch and Lightning take seconds to load, and a
     # mistyped key or option should not wait for them.
     from wrncifar.run.entry import run
     from wrncifar.run.fit_and_test import train_for_sweep
 
+    phase_done("imports")
     return run(train_for_sweep, cfg)
 
 

@@ -4,6 +4,9 @@ that Hydra calls into (`run`, `sweeps`) imports Hydra or OmegaConf."""
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,34 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     module.write_text("from wrncifar.run.entry import run\nimport omegaconf\n")
     assert imported_modules(module) == {"wrncifar.run.entry", "omegaconf"}
     assert LAYERS.index(folder_of("wrncifar.run.entry")) > LAYERS.index("data")
+
+
+def modules_loaded_before_the_task() -> list[str]:
+    """What a command imports before Hydra calls its task: the entry scripts' top-level imports, Hydra's callbacks
+    and the project's launchers (with what they launch jobs through)."""
+    modules = {"hydra_plugins.wrncifar_launchers", "wrncifar.sweeps.submitit_jobs"}
+    for script in sorted((PACKAGE.parents[0]).glob("*.py")):
+        tree = ast.parse(script.read_text(), filename=str(script))
+        modules |= {
+            node.module
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("wrncifar")
+        }
+    for config in sorted((PACKAGE.parents[1] / "configs" / "hydra").rglob("*.yaml")):
+        targets = re.findall(r"_target_:\s*([\w.]+)", config.read_text())
+        modules |= {target.rsplit(".", 1)[0] for target in targets}
+    return sorted(modules)
+
+
+def test_nothing_before_the_task_imports_torch_or_lightning() -> None:
+    """torch and Lightning take seconds to import: a mistyped option is reported without waiting for them, a sweep's
+    own process (which trains nothing) never waits, and the first-step line's "imports" phase holds their time."""
+    modules = modules_loaded_before_the_task()
+    assert "wrncifar.sweeps.summary" in modules and "wrncifar.callbacks.start_up" in modules
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'torchvision')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert result.stdout.strip() == "[]", result.stdout[:2000]

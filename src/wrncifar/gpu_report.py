@@ -100,7 +100,7 @@ DRY_COMPILE = ["model.compile=true", "model.net.widths=[4,8,8,8]", "model.net.bl
 TEST_RESERVE_S = 45
 # Less than this left for the paper recipe: start-up and compilation alone would take it, so it is skipped.
 PAPER_MIN_S = 90
-FIRST_STEP = re.compile(r"First training step done ([\d.]+) s after the process started(.*)")
+FIRST_STEP = re.compile(r"First training step done ([\d.]+) s after the (?:process|job) started(.*)")
 COMPILED = re.compile(r"\(torch\.compile: (\d+) graphs, (\d+) from the cache")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import optuna
@@ -66,6 +67,13 @@ def test_a_sweep_without_failures_summarises_and_exits_0(sweep_dir: Path) -> Non
     rows = read_summary(sweep_dir)
     assert [r["status"] for r in rows] == ["completed", "completed"]
     assert {r["model.optimizer.lr"] for r in rows} == {"0.05", "0.2"}
+    # The jobs ran one after the other in one process: the second one's start-up counts from its own start.
+    first, second = (
+        re.search(r"First training step done ([\d.]+) s after the (\w+) started: ([\d.]+) s Python and Hydra", log)
+        for log in ((sweep_dir / job / "train.log").read_text() for job in ("0", "1"))
+    )
+    assert first and first.group(2) == "process" and second and second.group(2) == "job"
+    assert float(second.group(1)) < float(first.group(1))  # no second import of torch, nor the first job's time
 
 
 def optuna_search(sweep_dir: Path, storage: str) -> list[str]:

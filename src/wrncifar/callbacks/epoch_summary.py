@@ -7,13 +7,13 @@ import logging
 import time
 from typing import Any
 
-import psutil
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 
 from wrncifar.callbacks.images_per_second import images_in_batch
 from wrncifar.callbacks.progress_bar import epoch_count, format_duration, format_metrics, remaining_batches
+from wrncifar.callbacks.start_up import phase_done, phase_times, started_at
 from wrncifar.models.compilation import compile_cache_summary
 
 log = logging.getLogger(__name__)
@@ -24,10 +24,11 @@ SUMMARY_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_be
 class EpochSummary(Callback):
     """Logs, on rank 0:
 
-    - when the first step is done: how long after the process started, and where that time went: before training
-      (imports, config, data, set-up), the sanity validation (with torch.compile, the evaluation graph's
-      compilation) and the first step itself (the training graph's), with how many compiled graphs came from the
-      compilation cache;
+    - when the first step is done: how long after the process (or a sweep's job) started, and where that time
+      went, phase by phase (`wrncifar.callbacks.start_up.PHASES`: Python and Hydra, imports, config and set-up,
+      data, the model's set-up, the sanity validation — with torch.compile, the evaluation graph's compilation —,
+      the training data, the first step itself — the training graph's), with how many compiled graphs came from
+      the compilation cache;
     - once, after `measure_steps` steps (the first step, which waits for data and compilation, not counted): the
       time per step and what it makes of the whole run; on the CPU, when that exceeds `cpu_warning_hours`, a
       warning that says what to run instead;
@@ -47,19 +48,22 @@ class EpochSummary(Callback):
         self._train_end = 0.0
         self._images = 0
         self._validated = False
-        self._sanity_start = 0.0
-        self._sanity_s = 0.0
-        self._train_start = 0.0
 
-    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._sanity_start = time.time()
+    # The start-up phases this callback sees end (Lightning calls `setup` after the datamodule's, `on_fit_start`
+    # once the strategy has set the model up).
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            phase_done("data")
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        phase_done("model")
 
     def on_sanity_check_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._sanity_s = time.time() - self._sanity_start
+        phase_done("sanity")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._measured, self._steps_seen = False, 0
-        self._train_start = time.time()
+        phase_done("train-data")
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._epoch_start = self._train_end = time.perf_counter()
@@ -109,17 +113,15 @@ class EpochSummary(Callback):
         log.info(" · ".join(p for p in parts if p))
 
     def _log_start_up(self) -> None:
-        now, started = time.time(), psutil.Process().create_time()
-        before_training = self._train_start - started - self._sanity_s
-        parts = [f"{before_training:.1f} s before training (imports, config, data, set-up)"]
-        if self._sanity_s:
-            parts.append(f"{self._sanity_s:.1f} s sanity validation")
-        parts.append(f"{now - self._train_start:.1f} s the step")
+        phase_done("step")
+        _, since = started_at()
+        phases = phase_times()
         compiled = compile_cache_summary()
         log.info(
-            "First training step done %.1f s after the process started: %s%s",
-            now - started,
-            ", ".join(parts),
+            "First training step done %.1f s after %s started: %s%s",
+            sum(seconds for _, seconds in phases),
+            since,
+            ", ".join(f"{seconds:.1f} s {label}" for label, seconds in phases),
             f" ({compiled})" if compiled else "",
         )
 

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 from torchmetrics import MaxMetric
 
+from wrncifar.callbacks.start_up import phase_done
 from wrncifar.run.checkpoints import check_compatible, checkpoints_written, load_checkpoint, load_network_weights
 from wrncifar.run.config_validation import ConfigError, check_num_classes, validate_config
 from wrncifar.run.console import quiet_console
@@ -94,6 +95,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     stop_if_group_does_not_form(trainer, float(cfg.get("distributed_start_timeout_s", 300)))
 
     if cfg.get("train", True):
+        phase_done("set-up")
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = metrics_as_floats(trainer.callback_metrics)
     if trained_already:  # nothing was trained, so nothing validated: the best validation accuracy is the restored one

@@ -23,7 +23,6 @@ from typing import Any, Literal
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from wrncifar.analysis.output_files import write_file
@@ -42,12 +41,22 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-@rank_zero_only
+def on_rank_zero() -> bool:
+    """Whether this process is a job's rank 0 (the only one a job's record comes from). Lightning is imported
+    here, not with this module: Hydra creates `SweepSummary` before every run, and a sweep's own process, which
+    trains nothing, should not wait for it."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
+
+
 def record_job_result(
     job_dir: str | Path, value: Any, error: BaseException | None = None, status: str | None = None
 ) -> None:
     """Write the job's status ("completed" or "failed", or `status`: NO_RESULT where the launcher found the job
-    ended without a result), its optimized metric and its error to JOB_RESULT."""
+    ended without a result), its optimized metric and its error to JOB_RESULT (on rank 0 only)."""
+    if not on_rank_zero():
+        return
     record = {
         "status": status or ("failed" if error else "completed"),
         "value": float(value) if isinstance(value, int | float) else None,
@@ -138,11 +147,10 @@ class SweepSummary(Callback):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.mode = mode
 
-    @rank_zero_only
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        """Rewrite the summary after every job of a multirun: it is there (with the jobs so far) even when the sweep
-        ends without reaching `on_multirun_end`, as an Optuna search whose every trial failed does."""
-        if config.hydra.mode != RunMode.MULTIRUN:
+        """Rewrite the summary after every job of a multirun (on its rank 0): it is there (with the jobs so far) even
+        when the sweep ends without reaching `on_multirun_end`, as an Optuna search whose every trial failed does."""
+        if config.hydra.mode != RunMode.MULTIRUN or not on_rank_zero():
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
