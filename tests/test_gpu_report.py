@@ -34,7 +34,7 @@ def test_the_dry_run_runs_the_four_steps_and_writes_their_table(dry_run) -> None
     assert table.strip() in done.stdout
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines() if line.startswith("| ")}
     assert set(rows) >= {"bench", "fast", "fast-warm", "paper"}
-    assert "experiment=wrn_cifar100_fast" in rows["fast"][1] and "+trainer.max_time=" in rows["paper"][1]
+    assert "experiment=wrn_cifar100_fast" in rows["fast"][1] and "trainer.max_time=" in rows["paper"][1]
     assert "trainer.max_epochs=1" in rows["fast-warm"][1]
     for name in ("bench", "fast", "fast-warm", "paper"):
         assert rows[name][2] == "0", name

@@ -188,7 +188,7 @@ def steps(
     warm = [*fast, "trainer.max_epochs=1", "test=false"]
     paper = [*train, "experiment=wrn_cifar100", *data, *common, *(["model.compile=false"] if dry_run else [])]
     # min_epochs=0: max_time may stop it inside its first epoch (the trainer config's min_epochs=1 would not).
-    paper += [f"+trainer.max_time={_max_time(paper_seconds)}", "trainer.min_epochs=0"]
+    paper += [f"trainer.max_time={_max_time(paper_seconds)}", "trainer.min_epochs=0"]
     return [
         Step("bench", bench),
         Step("fast", [*fast, f"hydra.run.dir={runs / 'fast'}"]),

@@ -31,7 +31,7 @@ from wrncifar.run.config_validation import ConfigError, check_num_classes, valid
         ("matmul_precision=fastest", "matmul_precision: expected"),
         ("trainer.max_epochs=0", "trainer.max_epochs: must be >= 1"),
         ("trainer.max_epochs=-3", "trainer.max_epochs: must be >= 1"),
-        ("+trainer.max_steps=0", "trainer.max_steps: 0 trains nothing"),
+        ("trainer.max_steps=0", "trainer.max_steps: 0 trains nothing"),
         ("trainer.check_val_every_n_epoch=0", "trainer.check_val_every_n_epoch: must be >= 1"),
         ("trainer.limit_train_batches=0", "trainer.limit_train_batches: 0 trains nothing"),
         ("allow_oversubscription=perhaps", "allow_oversubscription: expected a boolean"),

@@ -82,12 +82,12 @@ def test_bf16_is_chosen_where_the_gpu_computes_in_it_not_where_torch_emulates_it
     [
         ([], True),  # 200 epochs
         ([f"trainer.max_epochs={COMPILE_FROM_EPOCHS - 1}"], False),
-        (["+trainer.max_time=00:00:05:00"], False),  # the first limit reached stops training
-        (["+trainer.max_time=00:02:00:00"], True),
-        (["+trainer.max_time={minutes: 9}"], False),
-        (["+trainer.max_steps=1000"], False),  # 128,000 images: under 3 epochs
-        (["+trainer.max_steps=50000"], True),
-        (["trainer.max_epochs=-1", "+trainer.max_steps=1000"], False),
+        (["trainer.max_time=00:00:05:00"], False),  # the first limit reached stops training
+        (["trainer.max_time=00:02:00:00"], True),
+        (["trainer.max_time={minutes: 9}"], False),
+        (["trainer.max_steps=1000"], False),  # 128,000 images: under 3 epochs
+        (["trainer.max_steps=50000"], True),
+        (["trainer.max_epochs=-1", "trainer.max_steps=1000"], False),
     ],
 )
 def test_compiling_waits_for_a_run_long_enough_to_repay_it_whichever_limit_stops_it(
