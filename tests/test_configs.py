@@ -8,6 +8,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import Timer
 
 from tests.conftest import CONFIGS, FEW_IMAGES, read_metrics, run_entry
 from wrncifar.run.config_validation import ConfigError, validate_config
@@ -76,6 +77,29 @@ def test_trainer_options_instantiate(make_config, option: str) -> None:
     trainer = instantiate(cfg.trainer)
     assert isinstance(trainer, Trainer)
     assert trainer.max_epochs == 200
+
+
+def test_the_trainer_settings_researchers_change_most_need_no_plus(make_config) -> None:
+    overrides = {
+        "max_steps": 10,
+        "max_time": "00:00:30:00",
+        "val_check_interval": 0.5,
+        "num_sanity_val_steps": 0,
+        "accumulate_grad_batches": 2,
+        "gradient_clip_val": 1.0,
+    }
+    trainer = instantiate(make_config([f"trainer.{key}={value}" for key, value in overrides.items()]).trainer)
+    assert trainer.max_steps == 10 and trainer.fit_loop.max_steps == 10
+    assert trainer.val_check_interval == 0.5 and trainer.num_sanity_val_steps == 0
+    assert trainer.accumulate_grad_batches == 2
+    assert trainer.gradient_clip_val == 1.0
+    (timer,) = [c for c in trainer.callbacks if isinstance(c, Timer)]
+    assert timer._duration == 30 * 60  # seconds
+    # Left alone, each keeps Lightning's default.
+    default = instantiate(make_config([]).trainer)
+    assert (default.max_steps, default.val_check_interval, default.num_sanity_val_steps) == (-1, 1.0, 2)
+    assert (default.accumulate_grad_batches, default.gradient_clip_val) == (1, None)
+    assert not [c for c in default.callbacks if isinstance(c, Timer)]
 
 
 def test_ddp_cpu_asks_for_two_cpu_processes_and_gpu_configs_use_bf16(make_config) -> None:
