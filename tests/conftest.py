@@ -391,3 +391,21 @@ def wandb_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproc
 
 def git_head() -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+# Parallel runs (pytest-xdist, `-n auto --dist loadgroup` in pyproject.toml): most of the suite's time is spent in
+# subprocesses importing torch and starting runs, single-threaded work that two cores share well.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker per core, at most MAX_WORKERS (each worker's runs start processes of their own)."""
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A module's tests run on one worker, so its module-scoped runs are made once; every SLURM test runs on the
+    same worker, against the one cluster (tests/slurm/cluster.py) a session starts."""
+    for item in items:
+        slurm = item.get_closest_marker("slurm") or "tests/slurm/" in item.nodeid
+        item.add_marker(pytest.mark.xdist_group("slurm" if slurm else item.nodeid.split("::")[0]))
