@@ -7,11 +7,11 @@ Cases (all in one process, on the same synthetic CIFAR-shaped data, timed after 
   plain/naive      a plain PyTorch loop fed by a DataLoader with PIL transforms (what torchvision's CIFAR100
                    does), NCHW, eager: the baseline (a)
   plain/loader     the same loop fed by the project's datamodule with `on_device=False` (its DataLoader and
-                   transforms: a CPU run's default pipeline), NCHW, eager
-  lightning/loader `Trainer.fit` of the project's `ImageClassifier` on that datamodule: what a CPU run does
+                   transforms: the pipeline of `data.policy` runs), NCHW, eager
+  lightning/loader `Trainer.fit` of the project's `ImageClassifier` on that datamodule
   plain/device     the plain loop fed by `DeviceBatches` (data on the device), channels_last
   lightning/device `Trainer.fit` of the project's `ImageClassifier` on the project's datamodule with
-                   `on_device=True`, channels_last: a GPU run's default
+                   `on_device=True`, channels_last: a GPU run's default (on a CPU: the default data path, NCHW)
 each at fp32 and bf16 autocast, eager and (for the on-device cases) torch.compile; a Lightning case is compared
 with the plain loop on the same pipeline, precision and compilation (b). Named with `--cases`, the
 compilation variants run too, on the on-device path: `compiled-blocks` (regional compilation, each residual
@@ -300,6 +300,9 @@ def lightning_fit(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, datamodule=datamodule)
+    # The datamodule is shared by the cases after this one: it lets go of this run's on-device training images
+    # (about 130 MiB of CIFAR-100 on the GPU), which would count in their peak memory.
+    datamodule.train_batches, datamodule.trainer = None, None
     syncs = [w for w in caught if "synchronizing" in str(w.message)]
     for w in syncs[:3]:
         print(f"host-device sync in a timed Lightning step: {w.filename}:{w.lineno}: {w.message}")

@@ -190,9 +190,9 @@ def test_drop_last_serves_only_full_batches() -> None:
     assert len(set(labels_of(served).tolist())) == 48
 
 
-def test_on_an_accelerator_without_generators_of_its_own_the_epoch_is_drawn_on_the_cpu() -> None:
-    # MPS (Apple GPUs), whose randperm is not uniform, is absent here. PyTorch's `meta` device stands in for it: neither
-    # the CPU nor CUDA, and with no generator of its own. The CPU's draw is copied there and the batches cut there.
+def test_on_an_accelerator_the_epoch_is_the_cpus_draw_copied_there() -> None:
+    # No GPU here: PyTorch's `meta` device stands in for one (CUDA, or MPS, whose randperm is not uniform). The CPU's
+    # draw is copied there and the batches cut there.
     sampler = EpochSampler(seed=3, shuffle=True, crop_padding=PADDING, flip=True, cutout=8)
     on_meta, on_cpu = sampler.draw(50, torch.device("meta")), sampler.draw(50, torch.device("cpu"))
     for field in fields(EpochDraw):
@@ -251,13 +251,37 @@ def test_evaluation_shards_cover_every_sample_once_with_an_odd_count() -> None:
 def stand_in_trainer(
     rank: int = 0, world_size: int = 1, device: str = "cpu", shared: dict | None = None
 ) -> types.SimpleNamespace:
-    """What the datamodule reads of its trainer: the rank, the world size, the training device, and a broadcast
-    that hands every rank the first value sent (rank 0 runs first here), through `shared`."""
+    """What the datamodule reads of its trainer: the rank, the world size, the training device, a broadcast that
+    hands every rank the first value sent (rank 0 runs first here), through `shared`, and `overfit_batches`."""
     shared = {} if shared is None else shared
     strategy = types.SimpleNamespace(
         root_device=torch.device(device), broadcast=lambda obj, src=0: shared.setdefault("value", obj)
     )
-    return types.SimpleNamespace(global_rank=rank, world_size=world_size, strategy=strategy)
+    return types.SimpleNamespace(global_rank=rank, world_size=world_size, strategy=strategy, overfit_batches=0)
+
+
+def test_overfit_batches_get_the_same_training_batches_every_epoch() -> None:
+    """Lightning's `overfit_batches` (debug=overfit) turns a DataLoader's shuffling off; here the datamodule does."""
+    served = {}
+    for overfit in (0, 3):
+        dm = SyntheticCIFAR100DataModule(
+            num_classes=10,
+            train_per_class=10,
+            val_per_class=2,
+            crop_padding=0,
+            flip=False,
+            on_device=True,
+            batch_size=8,
+        )
+        dm.trainer = stand_in_trainer()
+        dm.trainer.overfit_batches = overfit
+        dm.setup("fit")
+        batches = dm.train_dataloader()
+        served[overfit] = [labels_of(epoch(batches, number)) for number in range(2)]
+    shuffled, overfitting = served[0], served[3]
+    assert not torch.equal(*shuffled), "a new order each epoch, as before"
+    assert torch.equal(*overfitting)
+    assert torch.equal(overfitting[0], dm.train_set.labels), "the images' own order"
 
 
 @pytest.mark.parametrize("process_seeds", [(7, 7), (101, 202)], ids=["seeded", "unseeded"])
@@ -405,3 +429,12 @@ def test_lightning_run_resumed_mid_epoch_trains_on_the_same_batches_as_an_uninte
     fit([after], ckpt_path=Path(checkpoint.best_model_path), seed=8)
     # The rest of the interrupted epoch, then nothing: no batch repeated, none skipped, same augmentation.
     assert_same_batches(after.batches, uninterrupted.batches[INTERRUPTED_AT:])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpus_epoch_is_the_cpus_so_a_resume_on_either_serves_the_same_rest_of_the_epoch() -> None:
+    sampler = EpochSampler(seed=3, shuffle=True, crop_padding=PADDING, flip=True, cutout=8)
+    on_gpu, on_cpu = sampler.draw(50, torch.device("cuda")), sampler.draw(50, torch.device("cpu"))
+    for field in fields(EpochDraw):
+        assert torch.equal(getattr(on_gpu, field.name).cpu(), getattr(on_cpu, field.name)), field.name

@@ -160,3 +160,14 @@ def test_onnx_without_its_packages_says_what_to_install(
     cfg = make_config([f"ckpt_path={best_checkpoint(trained_run)}"], "export.yaml")
     with pytest.raises(ConfigError, match=r"format=onnx needs the onnx and onnxscript packages .*\[export\]"):
         export_model(cfg)
+
+
+def test_onnx_on_a_torch_without_the_new_exporter_says_what_to_upgrade(
+    trained_run: Path, make_config, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """torch 2.4's `torch.onnx.export` has neither `dynamo=True` nor `dynamic_shapes`: a TypeError deep in torch."""
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cu124")
+    cfg = make_config([f"ckpt_path={best_checkpoint(trained_run)}"], "export.yaml")
+    with pytest.raises(ConfigError, match=r"format=onnx needs torch>=2\.6 .*this is torch 2\.5\.1\+cu124"):
+        export_model(cfg)
+    assert not list(tmp_path.glob("*.onnx"))

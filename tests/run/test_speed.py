@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
@@ -45,11 +46,42 @@ def test_older_gpus_get_fp16_and_short_runs_stay_eager(make_config) -> None:
     assert speed(cfg) == ("16-mixed", True, True, False, False)
 
 
-def test_on_the_cpu_nothing_changes(make_config) -> None:
+def test_on_the_cpu_only_the_data_path_changes(make_config, caplog) -> None:
+    """fp32 and eager as ever; the batches are cut and augmented in the training process (faster than loader
+    workers competing with the step for the cores, docs/benchmarks.md)."""
     cfg = make_config(["experiment=wrn_cifar100"], speed=False)
-    resolve_speed(cfg)  # this machine: no GPU
-    assert speed(cfg) == ("32-true", False, False, False, False)
+    with caplog.at_level(logging.INFO, logger="wrncifar.run.speed"):
+        assert resolve_speed(cfg) == []  # this machine: no GPU
+    assert speed(cfg) == ("32-true", True, False, False, False)
     assert cfg.trainer.benchmark is None  # Lightning's own default
+    assert caplog.messages == [
+        "Speed on CPU: 32-true, data batched in the training process, NCHW, eager (off with data.on_device=false)"
+    ]
+
+
+def test_on_the_cpu_a_policy_keeps_the_loader_workers_and_says_so(make_config, caplog) -> None:
+    cfg = make_config(["experiment=wrn_cifar100", "data.policy=autoaugment"], speed=False)
+    with caplog.at_level(logging.INFO, logger="wrncifar.run.speed"):
+        assert resolve_speed(cfg) == ["data.policy=autoaugment runs in CPU loader workers"]
+    assert speed(cfg) == ("32-true", False, False, False, False)
+    assert caplog.messages == [
+        "Speed on CPU: 32-true, data from CPU loader workers, NCHW, eager; data.policy=autoaugment runs in CPU "
+        "loader workers"
+    ]
+
+
+def test_an_apple_gpu_is_named_and_keeps_the_cpu_choices(make_config, monkeypatch, caplog) -> None:
+    monkeypatch.setattr("wrncifar.run.speed._mps_available", lambda: True)
+    assert Hardware.for_accelerator("mps").name == "Apple GPU (MPS)"
+    assert Hardware.for_accelerator("auto").gpu and not Hardware.for_accelerator("auto").cuda
+    assert not Hardware.for_accelerator("cpu").gpu
+    cfg = make_config(["experiment=wrn_cifar100", "trainer=mps"], speed=False)
+    with caplog.at_level(logging.INFO, logger="wrncifar.run.speed"):
+        resolve_speed(cfg)
+    assert speed(cfg) == ("32-true", True, False, False, False)
+    assert caplog.messages == [
+        "Speed on Apple GPU (MPS): 32-true, data on the GPU, NCHW, eager (off with data.on_device=false)"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -111,6 +143,13 @@ def test_a_policy_that_needs_cpu_workers_keeps_the_data_there_and_says_why(make_
     assert fallbacks == ["data.policy=trivialaugment runs in CPU loader workers, so the data stays on the CPU"]
     assert speed(cfg) == ("bf16-mixed", False, True, True, True)
     assert fallbacks[0] in caplog.messages[0]
+
+
+def test_where_torch_cannot_compile_on_this_python_a_gpu_run_stays_eager(make_config) -> None:
+    cfg = make_config(["experiment=wrn_cifar100"], speed=False)
+    fallbacks = resolve_speed(cfg, Hardware(cuda=True, name="GPU", bf16=True, triton=True, dynamo=False))
+    assert cfg.model.compile is False
+    assert fallbacks == [f"torch {torch.__version__} cannot compile on this Python: eager"]
 
 
 def test_without_triton_a_gpu_run_stays_eager(make_config) -> None:

@@ -298,6 +298,8 @@ class CIFAR100DataModule(LightningDataModule):
             drop_last=self.drop_last and train,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
+            # `debug=overfit`: the same few batches every epoch, as Lightning makes of a DataLoader.
+            shuffle=train and not (trainer is not None and trainer.overfit_batches),
         )
 
     def _device(self) -> torch.device:

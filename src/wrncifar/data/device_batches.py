@@ -7,9 +7,10 @@ distribution of the CPU path (`transforms.train_transform`): crop offsets unifor
 the padded image (zeros or the mirrored image), flips with probability 1/2, and the optional Cutout square placed
 as the CPU path's `Cutout` places it.
 
-The order and augmentation of an epoch are drawn at its start from a generator seeded by (seed, epoch), so
-an epoch is a pure function of both; with the number of batches already served this is the loader's whole
-state (`state_dict`), which Lightning saves in checkpoints, so a resumed run continues the same permutation.
+The order and augmentation of an epoch are drawn at its start from a CPU generator seeded by (seed, epoch), so
+an epoch is a pure function of both, whatever the device; with the number of batches already served this is the
+loader's whole state (`state_dict`), which Lightning saves in checkpoints, so a resumed run continues the same
+permutation.
 """
 
 from __future__ import annotations
@@ -66,12 +67,13 @@ class EpochSampler:
         self.epoch = epoch
 
     def draw(self, n: int, device: torch.device) -> EpochDraw:
-        """The epoch's draw, on `device`. Drawn there on CPUs and CUDA GPUs; on other accelerators (MPS) drawn on
-        the CPU and copied over (under 2 MiB per epoch on CIFAR-100): MPS's randperm is not uniform over permutations
-        (pytorch#104315) and its generators have been refused by randperm (pytorch#110820)."""
-        if device.type in ("cpu", "cuda"):
-            return self._draw(n, device)
+        """The epoch's draw, made on the CPU and copied to `device` (under 2 MiB per epoch on CIFAR-100, once an
+        epoch): the same on every device, so a run resumed mid-epoch on another kind of device (a GPU run's
+        checkpoint on a CPU) serves the same rest of the epoch. A device generator would draw other numbers for
+        the same seed, and MPS's randperm is not even uniform over permutations (pytorch#104315)."""
         draw = self._draw(n, torch.device("cpu"))
+        if device.type == "cpu":
+            return draw
         return EpochDraw(*(getattr(draw, field.name).to(device) for field in fields(EpochDraw)))
 
     def _draw(self, n: int, device: torch.device) -> EpochDraw:
@@ -145,6 +147,8 @@ class DeviceBatches:
         batch_size: images per batch.
         mean, std: per-channel normalisation on the 0–1 scale.
         train: shuffle and augment (crops of the padded image, flips, Cutout) each epoch.
+        shuffle: a new order each epoch (default: when `train`); false keeps the images' order, as Lightning's
+            `overfit_batches` wants (it replaces a DataLoader's sampler, which it cannot do here).
         crop_padding, crop_padding_mode, flip, cutout, cutout_placement: the augmentation when `train`, as in
             `transforms.train_transform` (`cutout`: side of the Cutout square, 0: none).
         seed: seed of the epochs' order and augmentation.
@@ -172,6 +176,7 @@ class DeviceBatches:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        shuffle: bool | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 N×C×H×W, got {images.dtype} with shape {tuple(images.shape)}")
@@ -186,7 +191,7 @@ class DeviceBatches:
         self.world_size = world_size
         self.sampler = EpochSampler(
             seed,
-            shuffle=train,
+            shuffle=train if shuffle is None else shuffle,
             crop_padding=crop_padding if train else 0,
             flip=flip and train,
             cutout=cutout if train else 0,

@@ -25,6 +25,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
+from torch.torch_version import TorchVersion
 
 from wrncifar.analysis.output_files import write_file
 from wrncifar.models.uint8_images import Uint8ImageClassifier
@@ -48,6 +49,7 @@ INPUT_NAME, OUTPUT_NAME = "images", "logits"
 # allowed, relative to the largest logit (ONNX Runtime fuses and reorders operations; 1e-6 is typical).
 TOLERANCE = 1e-3
 MIN_OPSET = 18  # the oldest the dynamo-based exporter writes (it converts to older ones unreliably)
+ONNX_MIN_TORCH = "2.6"  # torch.onnx.export(dynamo=True, dynamic_shapes=…) returning an ONNXProgram
 CHECK_BATCH = 5  # not the traced batch (2), so the check also covers the dynamic batch axis
 
 
@@ -133,6 +135,11 @@ def save_onnx(module: nn.Module, example: torch.Tensor, out: Path, opset: int) -
         raise ConfigError(
             f"format=onnx needs the onnx and onnxscript packages ({err.name} is missing): pip install -e '.[export]'"
         ) from err
+    if TorchVersion(torch.__version__) < ONNX_MIN_TORCH:
+        raise ConfigError(
+            f"format=onnx needs torch>={ONNX_MIN_TORCH} (its torch.export-based ONNX exporter); this is torch "
+            f"{torch.__version__}: pip install -e '.[export]' upgrades it, or export format=torchscript"
+        )
     if opset < MIN_OPSET:
         raise ConfigError(
             f"opset={opset}: torch's ONNX exporter writes opset {MIN_OPSET} or later; give opset>={MIN_OPSET}"

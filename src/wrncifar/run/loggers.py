@@ -87,7 +87,7 @@ class WandbLogger(LightningWandbLogger):
             False: always online; without credentials the run stops with a message instead of prompting.
             The environment variable WANDB_MODE (offline, online, disabled), when set, is W&B's own choice and
             wins over None.
-        summary: metric name → what the run summary shows for it (`max`, `min`, `last`, `mean`, `best`);
+        summary: metric name → what the run summary shows for it (`max`, `min`, `last`, `mean`, `first`, `none`);
             `{"val/acc": "max"}` shows the best validation accuracy rather than the last one.
         **kwargs: the arguments of Lightning's WandbLogger and of `wandb.init` (project, entity, group, tags, …).
     """

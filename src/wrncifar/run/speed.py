@@ -1,7 +1,7 @@
 """The fast path by default. On a CUDA GPU the configs' `auto` settings become the choices that make training
-about three times faster without changing the recipe (docs/benchmarks.md); on the CPU they stay what they always
-were (fp32, eager, loader workers). A value given explicitly always wins, and the start-up line says how to turn
-each choice off.
+about three times faster without changing the recipe (docs/benchmarks.md); on the CPU precision and execution stay
+what they always were (fp32, eager), and only the data path is the faster one there too. A value given explicitly
+always wins, and the start-up line says how to turn each choice off.
 
     setting               auto on a CUDA GPU                         auto on the CPU
     trainer.precision     bf16-mixed (16-mixed on GPUs without       32-true
@@ -9,13 +9,17 @@ each choice off.
     trainer.benchmark     true: cuDNN times its convolution          Lightning's default
                           algorithms once per shape (not with
                           trainer.deterministic=true)
-    data.on_device        true (false, with the reason, for          false
-                          data.policy other than none)
+    data.on_device        true (false, with the reason, for          the same: batches cut and augmented in the
+                          data.policy other than none)               training process, no loader workers (1.1–1.3×
+                                                                     the steps, a faster start and an exact
+                                                                     mid-epoch resume: docs/benchmarks.md)
     model.channels_last   true                                       false
     model.compile         true for runs long enough to repay the     false
                           compilation (`long_enough_to_compile`),
                           where Triton is available
     data.drop_last        true when compiling (one batch shape)      false
+
+An Apple GPU (`trainer=mps`) is treated as the CPU column, with its own name in the start-up line.
 """
 
 from __future__ import annotations
@@ -53,17 +57,27 @@ class Hardware:
     name: str = "CPU"
     bf16: bool = False
     triton: bool = False
+    mps: bool = False
+    dynamo: bool = True  # torch.compile supports this Python (not every new Python on an older torch)
+
+    @property
+    def gpu(self) -> bool:
+        return self.cuda or self.mps
 
     @classmethod
     def for_accelerator(cls, accelerator: str | None, devices: Any = None) -> Hardware:
         """The device Lightning will pick for `trainer.accelerator` and `trainer.devices` on this machine (the
         first of the GPUs a list of indices names)."""
+        if accelerator in (None, "auto", "gpu", "mps") and _mps_available() and not torch.cuda.is_available():
+            return cls(cuda=False, name="Apple GPU (MPS)", mps=True)
         if accelerator not in (None, "auto", "gpu", "cuda") or not torch.cuda.is_available():
             return cls(cuda=False)
-        from torch.utils._triton import has_triton  # only where there is a GPU
+        from torch._dynamo import is_dynamo_supported  # only where there is a GPU
+        from torch.utils._triton import has_triton
 
         index = _first_gpu(devices)
-        return cls(cuda=True, name=torch.cuda.get_device_name(index), bf16=_bf16_arithmetic(index), triton=has_triton())
+        name, bf16 = torch.cuda.get_device_name(index), _bf16_arithmetic(index)
+        return cls(cuda=True, name=name, bf16=bf16, triton=has_triton(), dynamo=is_dynamo_supported())
 
 
 def _first_gpu(devices: Any) -> int:
@@ -75,6 +89,11 @@ def _first_gpu(devices: Any) -> int:
         first = str(devices[0]).strip()
         return int(first) if first.isdigit() else 0
     return 0
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
 
 
 def _bf16_arithmetic(index: int) -> bool:
@@ -144,24 +163,31 @@ def resolve_speed(cfg: DictConfig, hardware: Hardware | None = None, training: b
             trainer.benchmark = True if hw.cuda and not trainer.get("deterministic") else None
         if data.get("on_device") == AUTO:
             policy = data.get("policy", "none")
-            data.on_device = hw.cuda and policy == "none"
-            if hw.cuda and policy != "none":
-                fallbacks.append(f"data.policy={policy} runs in CPU loader workers, so the data stays on the CPU")
+            data.on_device = policy == "none"
+            if policy != "none":
+                stays = ", so the data stays on the CPU" if hw.gpu else ""
+                fallbacks.append(f"data.policy={policy} runs in CPU loader workers{stays}")
         if model.get("channels_last") == AUTO:
             model.channels_last = hw.cuda
         if model.get("compile") == AUTO:
             long_enough = long_enough_to_compile(trainer, data.get("batch_size"))
-            model.compile = training and hw.cuda and hw.triton and long_enough
-            if training and hw.cuda and not hw.triton:
+            model.compile = training and hw.cuda and hw.triton and hw.dynamo and long_enough
+            if training and hw.cuda and not hw.dynamo:
+                fallbacks.append(f"torch {torch.__version__} cannot compile on this Python: eager")
+            elif training and hw.cuda and not hw.triton:
                 fallbacks.append("torch.compile needs Triton, which is not installed: eager")
         if data.get("drop_last") == AUTO:
             data.drop_last = bool(model.get("compile"))
-    log.info("Speed on %s: %s%s", hw.name, _describe(trainer, data, model), "".join(f"; {f}" for f in fallbacks))
+    described = _describe(trainer, data, model, hw)
+    log.info("Speed on %s: %s%s", hw.name, described, "".join(f"; {f}" for f in fallbacks))
     return fallbacks
 
 
-def _describe(trainer: DictConfig, data: DictConfig, model: DictConfig) -> str:
-    where = "data on the GPU" if data.get("on_device") else "data from CPU loader workers"
+def _describe(trainer: DictConfig, data: DictConfig, model: DictConfig, hw: Hardware) -> str:
+    if not data.get("on_device"):
+        where = "data from CPU loader workers"
+    else:
+        where = "data on the GPU" if hw.gpu else "data batched in the training process"
     parts = [str(trainer.get("precision")), where]
     parts.append("channels_last" if model.get("channels_last") else "NCHW")
     parts.append("torch.compile" if model.get("compile") else "eager")
