@@ -116,6 +116,14 @@ def test_a_run_prints_no_library_message_the_user_cannot_act_on(batch_job: tuple
     assert "weights_only" not in output
 
 
+def test_each_of_lightnings_messages_shows_once_and_reaches_the_log_file(batch_job: tuple[Path, str]) -> None:
+    """Lightning's own console handler and Hydra's both printed every Lightning message: once each now."""
+    run_dir, output = batch_job
+    for message in ("Seed set to 42", f"`Trainer.fit` stopped: `max_epochs={EPOCHS}` reached."):
+        assert output.count(message) == 1, message
+        assert (run_dir / "train.log").read_text().count(message) == 1, message
+
+
 def test_the_evaluation_only_silence_keeps_every_other_warning() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -106,6 +107,22 @@ def test_loaders_batch_as_configured(cifar_folder) -> None:
     assert images.shape == (16, 3, 32, 32) and labels.dtype == torch.int64
     assert next(iter(dm.val_dataloader()))[0].shape[0] == 50
     assert sum(len(y) for _, y in dm.test_dataloader()) == FAKE_CLASSES * FAKE_TEST_PER_CLASS
+
+
+@pytest.mark.parametrize(
+    ("on_device", "num_workers", "warned"), [(True, 3, True), (True, None, False), (True, 0, False), (False, 3, False)]
+)
+def test_loader_workers_asked_for_on_the_on_device_path_are_named_as_unused(
+    on_device: bool, num_workers: int | None, warned: bool, caplog
+) -> None:
+    """The on-device path has no loader workers: a worker count given for it says so instead of doing nothing."""
+    with caplog.at_level(logging.WARNING, logger="wrncifar.data.cifar100"):
+        CIFAR100DataModule(num_workers=num_workers, on_device=on_device)
+    expected = [
+        "data.num_workers=3 is unused: with data.on_device=true the batches are made in the training process, "
+        "without loader workers (data.on_device=false for loader workers)"
+    ]
+    assert caplog.messages == (expected if warned else [])
 
 
 def test_present_folder_is_never_downloaded_again(cifar_folder, monkeypatch) -> None:

@@ -8,6 +8,7 @@ them.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from wrncifar.data.arrays import ImageArrays, stratified_split
@@ -33,6 +35,8 @@ from wrncifar.data.transforms import (
     eval_transform,
     train_transform,
 )
+
+log = logging.getLogger(__name__)
 
 
 class ImageDataset(Dataset):
@@ -171,6 +175,12 @@ class CIFAR100DataModule(LightningDataModule):
             raise ValueError(
                 f"policy={policy} runs in the CPU loader workers only; set data.on_device=false to use it, "
                 "or data.policy=none to keep the on-device path (crop, flip and cutout)"
+            )
+        if on_device and num_workers and rank_zero_only.rank == 0:
+            log.warning(
+                "data.num_workers=%d is unused: with data.on_device=true the batches are made in the training "
+                "process, without loader workers (data.on_device=false for loader workers)",
+                num_workers,
             )
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size

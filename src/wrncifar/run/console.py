@@ -50,10 +50,33 @@ class _DropMessages(logging.Filter):
 
 
 def quiet_console(evaluation: bool = False) -> None:
-    """Hide `QUIET_WARNINGS` and `QUIET_INFO` (and, when `evaluation`, `QUIET_EVALUATION_WARNINGS`)."""
+    """Hide `QUIET_WARNINGS` and `QUIET_INFO` (and, when `evaluation`, `QUIET_EVALUATION_WARNINGS`), and print
+    each of Lightning's messages once (`one_console_copy`)."""
+    one_console_copy()
     for pattern, _reason in QUIET_WARNINGS + (QUIET_EVALUATION_WARNINGS if evaluation else ()):
         warnings.filterwarnings("ignore", message=pattern)
     for name in LIGHTNING_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
             logger.addFilter(_DropMessages(QUIET_INFO))
+
+
+def one_console_copy() -> None:
+    """Where the root logger writes to a console (Hydra's handlers: the console and `<run>/train.log`), Lightning's
+    messages go through it alone. Importing `lightning` puts a handler of its own on the `lightning` logger whose
+    records still reach the root logger, so every message of Lightning's showed twice on a terminal and in a batch
+    job's output; and `lightning.pytorch` or `lightning.fabric`, imported before Hydra set up logging, keep their
+    records from the root logger, so from train.log. Without a console on the root logger (a script of one's own,
+    the benchmark) Lightning's handlers stay."""
+    root_console = any(_is_console(h) for h in logging.getLogger().handlers)
+    if not root_console:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if _is_console(h)]:
+            logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
