@@ -4,6 +4,7 @@ a single process at the same global batch; and the distributed set-ups that are 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 from types import SimpleNamespace
@@ -118,6 +119,21 @@ def test_ddp_trains_like_one_process_with_the_same_global_batch(ddp_run: Path, m
     # BatchNorm running statistics, which under DDP are rank 0's (from its half batches): they are too far
     # apart in so short a run to compare, and the exact-evaluation test above covers them.
     assert last_logged(ddp, "train/loss") == pytest.approx(single["train/loss"], rel=0.03)
+
+
+@pytest.mark.slow
+def test_a_ddp_run_resumes_in_all_its_processes(ddp_run: Path, tmp_path: Path) -> None:
+    """The second process runs the expanded command line (with resume=) again while rank 0 holds the folder: it
+    neither refuses the folder as in use nor archives the run's config a second time."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(ddp_run, run_dir)
+    result = run_entry("train.py", [f"resume={run_dir}", "trainer.max_epochs=2"])
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "in use by a run that is still running" not in result.stdout + result.stderr
+    assert [p.name for p in (run_dir / ".hydra" / "history").iterdir()] == ["1"]
+    rows = read_metrics(run_dir)
+    assert [int(r["epoch"]) for r in rows if r.get("val/acc")] == [0, 1]
+    assert len([r for r in rows if r.get("test/acc")]) == 1, "the first test's row dropped, the resumed run's kept"
 
 
 def test_eval_loaders_split_the_images_between_processes_without_repeats() -> None:

@@ -43,6 +43,18 @@ def hold_run_folder(run_dir: str | Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+# Set to a process's rank by the launchers of distributed runs: Lightning's own (for the processes it starts by
+# running the command line again), torchrun, srun, and on a node other than the first.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK", "GROUP_RANK")
+
+
+def launching_process() -> bool:
+    """Whether this process is the one that prepares a run's folder: the command as the user gave it, or rank 0
+    of a distributed launch; not a process a launcher started for another rank or node, which runs the same
+    command line into the folder rank 0 holds."""
+    return all(os.environ.get(name, "0").strip() in ("0", "") for name in RANK_VARIABLES)
+
+
 def check_folder_free(run_dir: Path) -> None:
     """FolderInUseError when a live process holds `run_dir`'s lock (`resume=` of a run that is still running)."""
     path = run_dir / LOCK_FILE

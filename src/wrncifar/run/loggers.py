@@ -30,8 +30,12 @@ class CSVLogger(LightningCSVLogger):
     it: a resumed run (`resume=`), or a requeued job, keeps its whole history in one file.
 
     `rewind(step)` drops the rows logged at or after `step`, the work after the checkpoint a run resumes from,
-    which the resumed run logs again.
+    which the resumed run logs again (when it logs its first metrics).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rewind_to: int | None = None
 
     @property
     @rank_zero_experiment
@@ -41,8 +45,19 @@ class CSVLogger(LightningCSVLogger):
             self._experiment = _ContinuingWriter(log_dir=self.log_dir)
         return self._experiment
 
-    @rank_zero_only
     def rewind(self, step: int) -> None:
+        """Drop the rows logged at or after `step` once this run logs its first metrics: a resumed run that stops
+        before training (a process that never joins, a bad setting) leaves the file as it was."""
+        self._rewind_to = step
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self._rewind_to is not None:
+            self._drop_rows_from(self._rewind_to)
+            self._rewind_to = None
+        super().log_metrics(metrics, step)
+
+    def _drop_rows_from(self, step: int) -> None:
         writer = self.experiment
         path = Path(writer.metrics_file_path)
         if not path.is_file():

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, open_dict
 from wrncifar.callbacks.checkpoint_on_signal import SLURM_JOB_KEY, slurm_job
 from wrncifar.run.checkpoints import CheckpointError, load_checkpoint, newest_valid_checkpoint
 from wrncifar.run.config_validation import ConfigError
-from wrncifar.run.folder_lock import check_folder_free
+from wrncifar.run.folder_lock import check_folder_free, launching_process
 from wrncifar.run.trusted_targets import check_override_targets
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,9 @@ def resume_overrides(args: list[str]) -> list[str]:
 
     Raises CheckpointError when `<run_dir>` is not a training run's folder, ConfigError when its saved overrides
     name code the project's configs do not use, FolderInUseError while a run is still running in it; only then is
-    the run's saved config archived (`archive_run_config`), since Hydra rewrites it for the resumed command. The
+    the run's saved config archived (`archive_run_config`), since Hydra rewrites it for the resumed command. Both
+    only in the launching process: under DDP the other ranks run the expanded command line again, into the folder
+    rank 0 holds by then. The
     folder may be given quoted or not; it is passed on unquoted (see `command_line`).
     """
     given = [a for a in args if a.startswith("resume=")]
@@ -45,8 +47,9 @@ def resume_overrides(args: list[str]) -> list[str]:
         raise CheckpointError(f"resume={run_dir}: not a training run's folder (no .hydra/overrides.yaml in it)")
     first = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.lstrip("+~").startswith(OWN_KEYS + SWEEP_KEYS)]
     check_override_targets(first, saved)
-    check_folder_free(run_dir)
-    archive_run_config(run_dir)
+    if launching_process():  # the processes of other ranks run this command line again, into the folder it holds
+        check_folder_free(run_dir)
+        archive_run_config(run_dir)
     rest = [a for a in args if not a.startswith("resume=")]
     return [*first, *rest, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
 
