@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HANG_TIMEOUT_S, ROOT, run_entry
+from tests.conftest import FEW_IMAGES, HANG_TIMEOUT_S, ROOT, run_entry
 from wrncifar.run.run_folder import remove_if_nothing_ran
 
 TINY = ["model=wrn_tiny", "data=synthetic", "trainer.max_epochs=1", "extras.print_config=false"]
@@ -91,3 +91,30 @@ def test_a_folder_with_anything_else_in_it_is_kept(tmp_path: Path) -> None:
     assert not remove_if_nothing_ran(folder, "train.log")
     (folder / "checkpoints" / "last.ckpt").unlink()
     assert remove_if_nothing_ran(folder, "train.log") and not folder.exists()
+
+
+@pytest.mark.slow
+def test_a_new_run_in_a_folder_that_holds_a_run_is_refused_and_the_run_kept(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    first = run_entry("train.py", [*FEW_IMAGES, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "train.log"}
+    again = run_entry("train.py", [*FEW_IMAGES, "trainer.max_epochs=1", "seed=2", f"hydra.run.dir={run_dir}"])
+    assert again.returncode == 1
+    assert f"Error: hydra.run.dir={run_dir} already holds a run (" in again.stderr
+    assert f"continue it with resume={run_dir}" in again.stderr and "Traceback" not in again.stderr
+    assert {p: p.read_bytes() for p in before} == before, "nothing of the first run changed"
+
+
+@pytest.mark.slow
+def test_a_new_sweep_in_a_folder_that_holds_a_sweep_is_refused(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", *FEW_IMAGES, "trainer.max_epochs=1", "seed=1,2", f"hydra.sweep.dir={sweep_dir}"]
+    first = run_entry("train.py", args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = (sweep_dir / "sweep_summary.csv").read_text()
+    again = run_entry("train.py", [*args[:-2], "seed=3", f"hydra.sweep.dir={sweep_dir}"])
+    assert again.returncode == 1
+    assert f"Error: hydra.sweep.dir={sweep_dir} already holds a sweep (2 job folders with outputs" in again.stderr
+    assert (sweep_dir / "sweep_summary.csv").read_text() == summary
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]

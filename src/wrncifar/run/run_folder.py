@@ -7,22 +7,69 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from wrncifar.run.folder_lock import launching_process
+
 
 class WritableRunFolder(Callback):
     """Hydra callback: the folder a run (`hydra.run.dir`) or sweep (`hydra.sweep.dir`) writes to must be
-    creatable; otherwise the command prints why and exits 1 before anything starts."""
+    creatable, and a new training run or sweep must not start in a folder that already holds one (its configs,
+    checkpoints and metrics would be overwritten or mixed with the new run's); otherwise the command prints why
+    and exits 1 before anything starts. `resume=`, a requeued SLURM job and the other processes of a distributed
+    run work in an existing run's folder on purpose."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _exit_unless_writable(config, "hydra.run.dir")
+        if _starts_training(config) and not config.get("resume") and not _requeued() and launching_process():
+            _exit_if_holding_a_run(config, "hydra.run.dir", lambda folder: [folder])
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _exit_unless_writable(config, "hydra.sweep.dir")
+        if _starts_training(config):
+            _exit_if_holding_a_run(config, "hydra.sweep.dir", lambda folder: sorted(folder.glob("*/")))
+
+
+def _starts_training(config: DictConfig) -> bool:
+    """Whether the command is `src/train.py`'s (its config has `train`), which writes checkpoints and metrics."""
+    return "train" in config
+
+
+def _requeued() -> bool:
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
+def _exit_if_holding_a_run(config: DictConfig, key: str, run_folders: Callable[[Path], list[Path]]) -> None:
+    folder = _resolved_folder(config, key)
+    if folder is None or not folder.is_dir():
+        return
+    held = [f for f in run_folders(folder) if f.is_dir() and _run_outputs(f)]
+    if not held:
+        return
+    what = (
+        "a run" if key == "hydra.run.dir" else f"a sweep ({len(held)} job folder{'s' * (len(held) > 1)} with outputs)"
+    )
+    outputs = ", ".join(_run_outputs(held[0])[:3])
+    continue_with = f"continue it with resume={folder}, " if key == "hydra.run.dir" else ""
+    print(
+        f"Error: {key}={folder} already holds {what} ({outputs}), which this command would overwrite: "
+        f"{continue_with}give a new folder with {key}=…, or leave {key} out for a folder named by the time. "
+        "Nothing was run.",
+        file=sys.stderr,
+    )
+    raise SystemExit(1)
+
+
+def _run_outputs(folder: Path) -> list[str]:
+    """The files in `folder` a training run writes once it has started (beyond `BEFORE_TRAINING` and log files),
+    relative to it: those a new run in the same folder would overwrite or mix with its own."""
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+    return [f for f in files if f not in BEFORE_TRAINING and not (f.endswith(".log") and "/" not in f)]
 
 
 def unwritable_reason(folder: Path) -> str | None:
@@ -43,11 +90,17 @@ def unwritable_reason(folder: Path) -> str | None:
     return f"{existing} is not writable by this user"
 
 
-def _exit_unless_writable(config: DictConfig, key: str) -> None:
+def _resolved_folder(config: DictConfig, key: str) -> Path | None:
     try:
         # Resolved here as Hydra will resolve it ("${now:…}" may differ by microseconds: the same parents).
-        folder = Path(str(OmegaConf.select(config, key, throw_on_missing=True))).expanduser().absolute()
+        return Path(str(OmegaConf.select(config, key, throw_on_missing=True))).expanduser().absolute()
     except Exception:  # noqa: BLE001 - a key only Hydra can resolve yet: Hydra reports its own problems
+        return None
+
+
+def _exit_unless_writable(config: DictConfig, key: str) -> None:
+    folder = _resolved_folder(config, key)
+    if folder is None:
         return
     reason = unwritable_reason(folder)
     if reason is not None:
