@@ -420,3 +420,19 @@ def test_a_validation_share_larger_than_a_class_is_one_message(make_config) -> N
     assert "too few to hold out 4 for validation and keep some for training: lower data.val_per_class" in str(
         exit_info.value.__cause__
     )
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_a_batch_larger_than_the_training_set_with_drop_last_is_one_message(make_config, on_device: bool) -> None:
+    from wrncifar.run.entry import run
+    from wrncifar.run.fit_and_test import train_for_sweep
+
+    args = ["model=wrn_tiny", "data=synthetic", "data.train_per_class=4", "data.val_per_class=2", "logger=null"]
+    args += ["data.batch_size=512", "data.drop_last=true", f"data.on_device={on_device}", "data.num_workers=0"]
+    with pytest.raises(SystemExit) as exit_info:
+        run(train_for_sweep, make_config([*args, "trainer=cpu", "extras.print_config=false"]))
+    assert exit_info.value.code == 1
+    assert str(exit_info.value.__cause__) == (
+        "data.batch_size=512 is larger than the 200 training images, and data.drop_last=true drops that "
+        "incomplete batch: no step would train. Lower data.batch_size, or set data.drop_last=false"
+    )

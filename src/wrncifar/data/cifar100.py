@@ -20,7 +20,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
-from wrncifar.data.arrays import ImageArrays, stratified_split
+from wrncifar.data.arrays import DataSettingsError, ImageArrays, stratified_split
 from wrncifar.data.cifar100_sources import load_cifar, prepare_cifar
 from wrncifar.data.cifar_releases import CIFAR100_RELEASE, CIFARRelease
 from wrncifar.data.device_batches import DeviceBatches, check_fits_on_device
@@ -241,6 +241,7 @@ class CIFAR100DataModule(LightningDataModule):
             check_fits_on_device(sum(d.images.nbytes + d.labels.nbytes for d in sets), self._device())
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
+        self._check_a_batch_to_train_on()
         loader = self._loader(self.train_set, self.batch_size, train=True)
         if isinstance(loader, DeviceBatches):
             if self._train_batches_state is not None:
@@ -248,6 +249,19 @@ class CIFAR100DataModule(LightningDataModule):
                 self._train_batches_state = None
             self.train_batches = loader
         return loader
+
+    def _check_a_batch_to_train_on(self) -> None:
+        """DataSettingsError when `drop_last` would drop every training batch: a batch larger than the training
+        images each process gets leaves an epoch of no step (and a schedule of zero steps)."""
+        world_size = self.trainer.world_size if self.trainer else 1
+        per_process = len(self.train_set or ()) // world_size
+        if self.drop_last and per_process < self.batch_size:
+            each = f" each of the {world_size} processes gets" if world_size > 1 else ""
+            raise DataSettingsError(
+                f"data.batch_size={self.batch_size} is larger than the {per_process:,} training images{each}, "
+                "and data.drop_last=true drops that incomplete batch: no step would train. Lower data.batch_size, "
+                "or set data.drop_last=false"
+            )
 
     # The on-device loader's position travels in the checkpoint through the datamodule's state. Lightning also
     # saves stateful loaders with its loops, but restores them only after `configure_optimizers` has built the
