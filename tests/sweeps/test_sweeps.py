@@ -12,11 +12,12 @@ import optuna
 import pytest
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from tests.conftest import FEW_IMAGES, last_logged, read_metrics, run_entry
 from wrncifar.sweeps.optuna_sampler import TrialSeededTPESampler
-from wrncifar.sweeps.summary import JOB_RESULT, SUMMARY_CSV, SUMMARY_MD
+from wrncifar.sweeps.summary import JOB_RESULT, SUMMARY_CSV, SUMMARY_MD, SweepSummary, record_job_result
 from wrncifar.sweeps.sweep_setup import pin_one_gpu_per_job
 
 # One epoch of the tiny model on 2 training images per class: a job takes about 2 s after start-up.
@@ -214,3 +215,19 @@ def test_a_job_of_a_search_resumes_as_a_single_run_and_leaves_the_study_alone(tm
     assert last["epoch"] == 1, "the job trained on in its own folder"
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0"], "no new jobs"
     assert len(optuna.load_study(study_name="wrn_cifar100", storage=storage).trials) == 1
+
+
+@pytest.mark.parametrize(("direction", "best_first"), [("minimize", "0.05"), ("maximize", "0.1"), (None, "0.1")])
+def test_the_summary_ranks_the_jobs_in_the_sweepers_direction(
+    tmp_path: Path, direction: str | None, best_first: str
+) -> None:
+    """An Optuna search minimising a loss lists its lowest loss first; without a direction, the callback's mode."""
+    for job, (lr, value) in enumerate([("0.05", 4.2), ("0.1", 4.6)]):
+        (tmp_path / str(job) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text(f"- model.optimizer.lr={lr}\n")
+        record_job_result(tmp_path / str(job), value)
+    sweeper = {"direction": direction} if direction else {}
+    hydra = {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(tmp_path)}, "sweeper": sweeper}
+    SweepSummary(mode="max").on_multirun_end(OmegaConf.create({"hydra": hydra, "optimized_metric": "val/loss"}))
+    rows = list(csv.reader((tmp_path / "sweep_summary.csv").open()))
+    assert best_first in rows[1]

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from wrncifar.analysis.output_files import write_file
 from wrncifar.analysis.run_logs import SweepRun, sweep_runs, varying_overrides
@@ -133,19 +133,29 @@ def write_summary(
     return jobs
 
 
+SWEEPER_DIRECTIONS: dict[str, Literal["max", "min"]] = {"maximize": "max", "minimize": "min"}
+
+
 class SweepSummary(Callback):
     """Hydra callback: at the end of a multirun, write and print the sweep summary.
 
     The multirun then exits with status 1 when any job failed or left no result, after every job has run.
 
     Args:
-        mode: "max" when a higher optimized metric is better (accuracy), "min" for a loss.
+        mode: "max" when a higher optimized metric is better (accuracy), "min" for a loss. A sweeper with a
+            direction of its own (Optuna's `hydra.sweeper.direction`) decides instead: the summary ranks the jobs
+            as the search does.
     """
 
     def __init__(self, mode: Literal["max", "min"] = "max") -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.mode = mode
+
+    def _mode(self, config: DictConfig) -> Literal["max", "min"]:
+        direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+        direction = getattr(direction, "name", direction)  # Optuna's sweeper may hold its Direction enum
+        return SWEEPER_DIRECTIONS.get(direction, self.mode) if isinstance(direction, str) else self.mode
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         """Rewrite the summary after every job of a multirun (on its rank 0): it is there (with the jobs so far) even
@@ -154,13 +164,13 @@ class SweepSummary(Callback):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
-            write_summary(sweep_dir, str(config.get("optimized_metric") or "result"), self.mode, quiet=True)
+            write_summary(sweep_dir, str(config.get("optimized_metric") or "result"), self._mode(config), quiet=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        jobs = write_summary(sweep_dir, str(config.get("optimized_metric") or "result"), self.mode)
+        jobs = write_summary(sweep_dir, str(config.get("optimized_metric") or "result"), self._mode(config))
         failed = [job for job in jobs if job.status != "completed"]
         if failed:
             names = ", ".join(f"{job.job} ({job.status})" for job in failed)
