@@ -16,6 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import FEW_IMAGES, HANG_TIMEOUT_S, ROOT, isolated_wandb_env, read_metrics, wandb_records
 from wrncifar.run.config_validation import ConfigError
+from wrncifar.run.entry import run
+from wrncifar.run.fit_and_test import train_for_sweep
 from wrncifar.run.loggers import WandbLogger, wandb_mode
 from wrncifar.run.tracking import REDACTED, git_state, without_secrets
 
@@ -218,6 +220,41 @@ def test_the_api_key_is_redacted_from_logged_config(monkeypatch) -> None:
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     config = {"a": {"b": [1, f"key={FAKE_KEY}"]}, "c": "kept"}
     assert without_secrets(config) == {"a": {"b": [1, REDACTED]}, "c": "kept"}
+
+
+def test_the_api_key_is_redacted_from_omegaconf_containers_as_hydra_hands_them_over(monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    cfg = OmegaConf.create(
+        {
+            "tags": ["a", "${oc.env:WANDB_API_KEY}"],
+            "wandb": {"tags": "${tags}", "notes": "key ${oc.env:WANDB_API_KEY}", "summary": {"val/acc": "max"}},
+        }
+    )
+    redacted_wandb = {"tags": ["a", REDACTED], "notes": REDACTED, "summary": {"val/acc": "max"}}
+    assert without_secrets({"tags": cfg.tags}) == {"tags": ["a", REDACTED]}, "a ListConfig in a dict"
+    assert without_secrets(cfg.wandb) == redacted_wandb, "a ListConfig in a DictConfig"
+    mixed = without_secrets([cfg.tags, {"wandb": cfg.wandb}, (cfg.tags,)])
+    assert mixed == [["a", REDACTED], {"wandb": redacted_wandb}, [["a", REDACTED]]]
+    assert type(mixed[0]) is list and type(mixed[1]["wandb"]) is dict and type(mixed[1]["wandb"]["tags"]) is list
+
+
+def test_the_api_key_is_redacted_from_the_tags_and_config_tree_in_the_run_folder(
+    make_config, monkeypatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    set_up_only = [*FEW_IMAGES, "train=false", "test=false", "extras.print_config=true"]
+    run(train_for_sweep, make_config([*set_up_only, "tags=[a,${oc.env:WANDB_API_KEY}]"]))
+    assert (tmp_path / "tags.log").read_text() == f"{['a', REDACTED]!r}\n"
+    assert f"{['a', REDACTED]!r}" in (tmp_path / "config_tree.log").read_text()
+    leaks = [p.name for p in tmp_path.rglob("*") if p.is_file() and FAKE_KEY.encode() in p.read_bytes()]
+    assert not leaks, leaks
+
+
+def test_the_api_key_is_redacted_from_the_tags_given_to_wandb(wandb_env, tmp_path: Path) -> None:
+    wandb_env(WANDB_API_KEY=FAKE_KEY)
+    tags = OmegaConf.create({"tags": ["a", "${oc.env:WANDB_API_KEY}"]}).tags  # `tags: ${tags}`, as instantiated
+    logger = WandbLogger(save_dir=str(tmp_path), project="p", tags=tags)
+    assert logger._wandb_init["tags"] == ["a", REDACTED]
 
 
 def test_git_state_outside_a_checkout_is_unknown(tmp_path: Path) -> None:

@@ -41,7 +41,8 @@ def apply_extras(cfg: DictConfig) -> None:
 def enforce_tags(cfg: DictConfig, save_dir: str | None = None) -> None:
     """Give the run tags: when `cfg.tags` is empty, ask for them on the terminal (comma-separated) and put them in
     `cfg.tags`; without a terminal, or in a multirun, whose jobs cannot each ask, refuse with ConfigError. The tags
-    are kept in `save_dir/tags.log`, written as lightning-hydra-template writes it (`['a', 'b']`)."""
+    are kept in `save_dir/tags.log`, written as lightning-hydra-template writes it (`['a', 'b']`), with a tag that
+    interpolates the W&B API key redacted."""
     if not cfg.get("tags"):
         if in_multirun() or sys.stdin is None or not sys.stdin.isatty():
             why = "the jobs of a multirun cannot each ask" if in_multirun() else "there is no terminal to ask on"
@@ -55,19 +56,18 @@ def enforce_tags(cfg: DictConfig, save_dir: str | None = None) -> None:
             cfg.tags = [tag.strip() for tag in answer.split(",") if tag.strip()] or ["dev"]
         log.info("Tags: %s", ", ".join(cfg.tags))
     if save_dir:
-        tags = list(cfg.tags)
+        tags = without_secrets(cfg.tags)
         write_file(Path(save_dir) / "tags.log", lambda tmp: tmp.write_text(f"{tags!r}\n"))
 
 
 @rank_zero_only
 def print_config_tree(cfg: DictConfig, save_dir: str | None = None) -> None:
-    """Print the resolved config as a rich tree and keep a copy in `save_dir/config_tree.log`."""
+    """Print the resolved config as a rich tree and keep a copy in `save_dir/config_tree.log`, with a value that
+    interpolates the W&B API key redacted."""
     tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
     keys = [k for k in PRINT_ORDER if k in cfg] + [k for k in cfg if k not in PRINT_ORDER]
     for key in keys:
-        node = cfg[key]
-        # Resolved for reading, with the W&B API key redacted from any value that interpolates it.
-        value = without_secrets(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node)
+        value = without_secrets(cfg[key])
         text = OmegaConf.to_yaml(value) if isinstance(value, dict) else str(value)
         tree.add(key, style="dim", guide_style="dim").add(rich.syntax.Syntax(text, "yaml"))
     rich.print(tree)

@@ -15,7 +15,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch import LightningModule, Trainer
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from wrncifar.sweeps.summary import in_multirun
 
@@ -26,16 +26,22 @@ REDACTED = "<redacted>"
 
 
 def without_secrets(value: Any, secret: str | None = None) -> Any:
-    """`value` (nested dicts and lists) with every string that contains `secret` (default: the W&B API key of
-    the environment) replaced by "<redacted>": a config that interpolates the key never carries it to a logger."""
-    secret = secret if secret is not None else os.environ.get(API_KEY_ENV)
-    if not secret:
-        return value
+    """`value` (dicts and lists, and OmegaConf's DictConfig and ListConfig as Hydra hands config values over, nested
+    in one another) with every string that contains `secret` (default: the W&B API key of the environment) replaced
+    by "<redacted>": a config that interpolates the key never carries it to a logger or a file. OmegaConf's
+    containers are resolved into plain ones first (a ListConfig is no `list`, and its items are the resolved key);
+    the result is plain with or without a key, so a value looks the same either way."""
+    return _without(value, secret if secret is not None else os.environ.get(API_KEY_ENV, ""))
+
+
+def _without(value: Any, secret: str) -> Any:
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value, resolve=True)
     if isinstance(value, Mapping):
-        return {k: without_secrets(v, secret) for k, v in value.items()}
+        return {k: _without(v, secret) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [without_secrets(v, secret) for v in value]
-    if isinstance(value, str) and secret in value:
+        return [_without(v, secret) for v in value]
+    if secret and isinstance(value, str) and secret in value:
         return REDACTED
     return value
 
