@@ -22,12 +22,22 @@ log = logging.getLogger(__name__)
 NO_COMPLETED_TRIAL = ("Record does not exist", "No trials are completed yet")
 
 
+# What `hydra.sweeper.direction` may say (or a list of them, one per objective).
+DIRECTIONS = ("maximize", "minimize")
+
+
 class OptunaSweeper(_OptunaSweeper):
     def sweep(self, arguments: Sequence[str]) -> Any:
+        directions = self.sweeper._get_directions()
+        if not directions or any(d not in DIRECTIONS for d in directions):
+            log.error(
+                "hydra.sweeper.direction=%s: give maximize or minimize (a list of them for several objectives)",
+                self.sweeper.direction,
+            )
+            raise SystemExit(1)
         if self.sweeper.storage:  # None: an in-memory study, gone with the process
             from wrncifar.sweeps.study_settings import StudySettingsError, check_study_settings
 
-            directions = self.sweeper._get_directions()
             try:
                 check_study_settings(self.sweeper.storage, self.sweeper.study_name, directions, arguments)
             except StudySettingsError as err:

@@ -231,3 +231,19 @@ def test_the_summary_ranks_the_jobs_in_the_sweepers_direction(
     SweepSummary(mode="max").on_multirun_end(OmegaConf.create({"hydra": hydra, "optimized_metric": "val/loss"}))
     rows = list(csv.reader((tmp_path / "sweep_summary.csv").open()))
     assert best_first in rows[1]
+
+
+def test_a_mistyped_or_changed_search_direction_is_one_message_before_any_trial(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    typo = run_entry("train.py", [*optuna_search(tmp_path / "typo", storage), "hydra.sweeper.direction=maximise"])
+    assert typo.returncode == 1
+    output = typo.stdout + typo.stderr
+    assert "hydra.sweeper.direction=maximise: give maximize or minimize" in output and "Traceback" not in output
+
+    optuna.create_study(storage=storage, study_name="wrn_cifar100", direction="minimize")
+    changed = run_entry("train.py", optuna_search(tmp_path / "changed", storage))
+    assert changed.returncode == 1
+    output = changed.stdout + changed.stderr
+    assert "Optuna study 'wrn_cifar100' in " in output and "was made to minimize" in output
+    assert "give hydra.sweeper.direction=minimize to continue it" in output and "Traceback" not in output
+    assert not optuna.load_study(study_name="wrn_cifar100", storage=storage).trials

@@ -42,11 +42,20 @@ def check_study_settings(storage: str, study_name: str, directions: list[str], a
     """Record this command's fixed overrides in the study (creating it), or refuse them if the study recorded others.
 
     Raises:
-        StudySettingsError: the stored study was made with other fixed overrides.
+        StudySettingsError: the stored study was made with other fixed overrides, or in the other direction.
     """
     import optuna
 
-    study = optuna.create_study(storage=storage, study_name=study_name, directions=directions, load_if_exists=True)
+    try:
+        study = optuna.create_study(storage=storage, study_name=study_name, directions=directions, load_if_exists=True)
+    except ValueError as err:  # Optuna's "Cannot overwrite study direction from [MINIMIZE] to [MAXIMIZE]"
+        stored = optuna.load_study(storage=storage, study_name=study_name).directions
+        made = ", ".join(d.name.lower() for d in stored)
+        raise StudySettingsError(
+            f"Optuna study '{study_name}' in {storage} was made to {made} ({err}): give "
+            f"hydra.sweeper.direction={made} to continue it, or start another study with "
+            "hydra.sweeper.study_name=<new name>"
+        ) from err
     settings = fixed_overrides(arguments)
     recorded = study.user_attrs.get(USER_ATTR)
     if recorded is None:
