@@ -1,15 +1,20 @@
 from __future__ import annotations
 
+import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 import wrncifar.callbacks.images_per_second as images_per_second
 from tests.conftest import TRAINED_EPOCHS, read_metrics
 from wrncifar.callbacks.images_per_second import ImagesPerSecond
+from wrncifar.callbacks.step_checkpoint import StepCheckpoint
 from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
 from wrncifar.models.classifier import ImageClassifier
 from wrncifar.models.wideresnet import WideResNet
@@ -50,6 +55,77 @@ def fit(callback: Callback | list[Callback], tmp_path, max_epochs: int = 1, **kw
     return trainer
 
 
+STEPS_BEFORE_THE_STOP = 5  # of the 12 of an epoch
+
+
+def fit_resumed_mid_epoch(callbacks: list[Callback], tmp_path) -> float:
+    """Train the first `STEPS_BEFORE_THE_STOP` steps of an epoch, saved by a step checkpoint, then resume that
+    checkpoint in a new Trainer with `callbacks` to the end of 2 epochs (Lightning skips `on_train_epoch_start`
+    of the resumed epoch); return the seconds both took, by the test's own clock."""
+    began = time.perf_counter()
+    step = StepCheckpoint(dirpath=tmp_path, filename="step", every_n_train_steps=STEPS_BEFORE_THE_STOP)
+    stopped = Trainer(
+        accelerator="cpu",
+        max_steps=STEPS_BEFORE_THE_STOP,
+        callbacks=[step],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    stopped.fit(small_module(), datamodule=small_data())
+    resumed = Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    with warnings.catch_warnings():  # that the step checkpoint is not among `callbacks`: on purpose
+        warnings.filterwarnings("ignore", "Be aware that when using `ckpt_path`")
+        resumed.fit(small_module(), datamodule=small_data(), ckpt_path=tmp_path / "step.ckpt")
+    return time.perf_counter() - began
+
+
+def rank_zero_of_two_processes(batches: int) -> SimpleNamespace:
+    """What the speed callbacks read of the trainer of rank 0 in a 2-process DDP run of `batches` steps an epoch,
+    at its first step (no process started)."""
+    epoch_loop = SimpleNamespace(batch_progress=SimpleNamespace(is_last_batch=False), _batches_that_stepped=0)
+    return SimpleNamespace(
+        world_size=2,
+        global_rank=0,
+        is_global_zero=True,
+        num_training_batches=batches,
+        estimated_stepping_batches=batches,
+        accumulate_grad_batches=1,
+        global_step=0,
+        current_epoch=0,
+        max_epochs=1,
+        sanity_checking=False,
+        accelerator=None,
+        optimizers=[],
+        callback_metrics={},
+        loggers=[],
+        fit_loop=SimpleNamespace(epoch_loop=epoch_loop),
+    )
+
+
+def local_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """One process's batch of `BATCH` images."""
+    return torch.zeros(BATCH, 3, 32, 32), torch.zeros(BATCH, dtype=torch.long)
+
+
+def set_clock(monkeypatch, *modules) -> SimpleNamespace:
+    """The host clock of `modules` (and of `images_per_second`) reads `clock.now`, which the test sets."""
+    clock = SimpleNamespace(now=0.0)
+    for module in (images_per_second, *modules):
+        monkeypatch.setattr(module, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    return clock
+
+
 def half_a_second_per_reading(monkeypatch) -> None:
     """Each reading of the callback's clock advances it by half a second: 8 images per step make 16 images/s."""
     ticks = iter(range(1000))
@@ -84,6 +160,21 @@ def test_a_run_shorter_than_the_window_logs_its_rate_once_an_epoch(trained_run: 
     epoch_ends = [int(r["step"]) for r in read_metrics(trained_run) if r["train/loss"]]  # 3 epochs of 16 steps
     assert len(epoch_ends) == TRAINED_EPOCHS and steps == epoch_ends
     assert all(rate > 0 for rate in rates)
+
+
+def test_under_ddp_the_logged_rate_counts_every_process_images(monkeypatch) -> None:
+    clock = set_clock(monkeypatch)
+    trainer = rank_zero_of_two_processes(batches=4)
+    logged = {}
+    pl_module = SimpleNamespace(log=lambda key, value, **kwargs: logged.update({key: value}))
+    callback = ImagesPerSecond(window=2)
+    callback.on_train_start(trainer, pl_module)
+    callback.on_train_epoch_start(trainer, pl_module)
+    for batch_idx in range(3):  # the first step starts the clock, the next two (1 s each) are the window
+        clock.now = float(batch_idx)
+        callback.on_train_batch_end(trainer, pl_module, None, local_batch(), batch_idx)
+    # Each step trains BATCH images in each of the 2 processes: the run's rate, not rank 0's.
+    assert logged["train/images_per_sec"] == pytest.approx(2 * BATCH)
 
 
 def test_images_per_second_rejects_an_empty_window() -> None:

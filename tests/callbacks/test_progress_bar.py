@@ -9,12 +9,23 @@ import re
 import stat
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
+import wrncifar.callbacks.progress_bar as progress_bar
+from tests.callbacks.test_images_per_second import (
+    BATCH,
+    STEPS_BEFORE_THE_STOP,
+    fit_resumed_mid_epoch,
+    local_batch,
+    rank_zero_of_two_processes,
+    set_clock,
+)
 from tests.conftest import FEW_IMAGES, run_entry
 from wrncifar.callbacks.progress_bar import PlainProgressBar, console_progress, format_duration
 from wrncifar.callbacks.start_up import PHASES
@@ -122,6 +133,46 @@ def test_each_of_lightnings_messages_shows_once_and_reaches_the_log_file(batch_j
     for message in ("Seed set to 42", f"`Trainer.fit` stopped: `max_epochs={EPOCHS}` reached."):
         assert output.count(message) == 1, message
         assert (run_dir / "train.log").read_text().count(message) == 1, message
+
+
+def training_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == progress_bar.__name__ and "· step " in r.getMessage()]
+
+
+def test_after_a_resume_in_the_middle_of_an_epoch_the_lines_time_the_resumed_steps(tmp_path, caplog) -> None:
+    caplog.set_level("INFO", logger=progress_bar.__name__)
+    elapsed = fit_resumed_mid_epoch([PlainProgressBar(every_n_seconds=1e-9)], tmp_path)
+    resumed = [line for line in training_lines(caplog) if line.startswith("Epoch 1/2")]
+    first = STEPS_BEFORE_THE_STOP + 1
+    assert resumed and resumed[0].split(" · ")[1] == f"step {first}/12 ({100 * first / 12:.0f}%)"
+    for line in resumed:
+        match = re.search(r"step (\d+)/12 .* · ([\d,]+) images/s · epoch ends in (\d+):(\d\d):(\d\d)", line)
+        assert match, line
+        done, speed = int(match.group(1)), int(match.group(2).replace(",", ""))
+        ends_in = 3600 * int(match.group(3)) + 60 * int(match.group(4)) + int(match.group(5))
+        # The steps left at the pace of those trained since the resume, each within the test's own time.
+        assert ends_in <= (12 - done) / (done - STEPS_BEFORE_THE_STOP) * elapsed + 0.5, line
+        assert speed > 0, line
+
+
+def test_under_ddp_the_lines_count_every_process_images(monkeypatch, caplog) -> None:
+    caplog.set_level("INFO", logger=progress_bar.__name__)
+    clock = set_clock(monkeypatch, progress_bar)
+    trainer = rank_zero_of_two_processes(batches=4)
+    pl_module = SimpleNamespace(device=torch.device("cpu"))
+    bar = PlainProgressBar(every_n_seconds=1)
+    bar.setup(trainer, pl_module, "fit")
+    bar.on_train_start(trainer, pl_module)
+    bar.on_train_epoch_start(trainer, pl_module)
+    for batch_idx in range(2):  # one second a step: a line after each
+        bar.on_train_batch_start(trainer, pl_module, local_batch(), batch_idx)
+        clock.now += 1.0
+        bar.on_train_batch_end(trainer, pl_module, {"loss": torch.tensor(1.0)}, local_batch(), batch_idx)
+    # Each step trains BATCH images in each of the 2 processes: the run's rate, not rank 0's.
+    assert [line.split(" · ")[3:5] for line in training_lines(caplog)] == [
+        [f"{2 * BATCH} images/s", "epoch ends in 0:00:03"],
+        [f"{2 * BATCH} images/s", "epoch ends in 0:00:02"],
+    ]
 
 
 def test_the_evaluation_only_silence_keeps_every_other_warning() -> None:

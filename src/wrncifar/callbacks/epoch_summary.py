@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 
-from wrncifar.callbacks.images_per_second import images_in_batch
+from wrncifar.callbacks.images_per_second import EpochClock, images_in_step
 from wrncifar.callbacks.progress_bar import epoch_count, format_duration, format_metrics, remaining_batches
 from wrncifar.callbacks.start_up import phase_done, phase_times, started_at
 from wrncifar.models.compilation import compile_cache_summary
@@ -33,6 +33,10 @@ class EpochSummary(Callback):
       time per step and what it makes of the whole run; on the CPU, when that exceeds `cpu_warning_hours`, a
       warning that says what to run instead;
     - after each epoch: its time (training and validation), `SUMMARY_METRICS`, the lr, images/s and the time left.
+      An epoch this process resumed in its middle (Lightning then skips `on_train_epoch_start`) is timed from the
+      resumed step, and its line says so.
+
+    Images/s are the run's: under DDP, all processes' images together.
     """
 
     def __init__(self, measure_steps: int = 10, cpu_warning_hours: float = 1.0) -> None:
@@ -44,9 +48,7 @@ class EpochSummary(Callback):
         self._steps_seen = 0
         self._window_start = 0.0
         self._window_images = 0
-        self._epoch_start = 0.0
-        self._train_end = 0.0
-        self._images = 0
+        self._clock = EpochClock()
         self._validated = False
 
     # The start-up phases this callback sees end (Lightning calls `setup` after the datamodule's, `on_fit_start`
@@ -63,17 +65,21 @@ class EpochSummary(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._measured, self._steps_seen = False, 0
+        self._clock.reset()
+        self._validated = False
         phase_done("train-data")
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._epoch_start = self._train_end = time.perf_counter()
-        self._images, self._validated = 0, False
+        self._clock.start()
+        self._validated = False
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._clock.batch_start(batch_idx)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._images += images_in_batch(batch)
-        self._train_end = time.perf_counter()
+        self._clock.batch_end(trainer, batch)
         if self._measured or not trainer.is_global_zero:
             return
         self._steps_seen += 1
@@ -81,11 +87,14 @@ class EpochSummary(Callback):
             self._window_start, self._window_images = _device_time(pl_module), 0
             self._log_start_up()  # after the sync: the first step's device work counts as the step's
             return
-        self._window_images += images_in_batch(batch)
+        self._window_images += images_in_step(trainer, batch)
         if self._steps_seen == self.measure_steps + 1:
             self._measured = True
             seconds = _device_time(pl_module) - self._window_start
             self._log_estimate(trainer, seconds / self.measure_steps, self._window_images / seconds)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._clock.pause()
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._validated = self._validated or not trainer.sanity_checking
@@ -93,23 +102,18 @@ class EpochSummary(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        now = time.perf_counter()
-        train_time, epoch_time = self._train_end - self._epoch_start, now - self._epoch_start
+        now, clock = time.perf_counter(), self._clock
         names = SUMMARY_METRICS if self._validated else SUMMARY_METRICS[:2]
         metrics = {name: trainer.callback_metrics[name] for name in names if name in trainer.callback_metrics}
-        parts = [
-            f"Epoch {trainer.current_epoch + 1}/{epoch_count(trainer)} done in {format_duration(epoch_time)}"
-            + (f" (validation {format_duration(now - self._train_end)})" if self._validated else ""),
-            format_metrics(metrics),
-        ]
+        parts = [_epoch_done(trainer, clock, now, self._validated), format_metrics(metrics)]
         if trainer.optimizers:
             parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.4g}")
+        train_time = clock.training_seconds(now)
         if train_time > 0:
-            parts.append(f"{self._images / train_time:,.0f} images/s")
-        batches = trainer.num_training_batches
+            parts.append(f"{clock.images / train_time:,.0f} images/s")
         remaining = remaining_batches(trainer)
-        if remaining > 0 and 0 < batches < float("inf"):
-            parts.append(f"run ends in ~{format_duration(remaining * epoch_time / batches)}")
+        if remaining > 0 and clock.batches > 0:  # per batch trained here, its share of the epoch's validation too
+            parts.append(f"run ends in ~{format_duration(remaining * (now - clock.started) / clock.batches)}")
         log.info(" · ".join(p for p in parts if p))
 
     def _log_start_up(self) -> None:
@@ -143,6 +147,19 @@ class EpochSummary(Callback):
                 "docs/benchmarks.md).",
                 total,
             )
+
+
+def _epoch_done(trainer: Trainer, clock: EpochClock, now: float, validated: bool) -> str:
+    """`Epoch 3/200 done in 0:00:31 (validation 0:00:02)`; for an epoch this process resumed in its middle, the time
+    since then, `… done in 0:00:12 since the resume at step 120 (…)`; no time for one it trained nothing of."""
+    epoch = f"Epoch {trainer.current_epoch + 1}/{epoch_count(trainer)} done"
+    if clock.started is None:  # resumed after its last step (a checkpoint saved at its end)
+        return f"{epoch} before the resume"
+    took = format_duration(now - clock.started)
+    if clock.resumed:
+        took += f" since the resume at step {clock.first_batch + 1}"
+    validation = now - clock.started - clock.training_seconds(now)
+    return f"{epoch} in {took}" + (f" (validation {format_duration(validation)})" if validated else "")
 
 
 def _device_time(pl_module: LightningModule) -> float:

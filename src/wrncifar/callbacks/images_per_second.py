@@ -1,4 +1,7 @@
-"""Training speed on the progress bar and in the logs: images/s from the host clock, without host–device syncs."""
+"""Training speed on the progress bar and in the logs: images/s from the host clock, without host–device syncs.
+
+Every rate is the run's: under DDP, all processes' images together (`images_in_step`).
+"""
 
 from __future__ import annotations
 
@@ -15,17 +18,78 @@ def images_in_batch(batch: Any) -> int:
     return len(batch[0])
 
 
+def images_in_step(trainer: Trainer, batch: Any) -> int:
+    """The images the whole run trains in the step where this process trains `batch`: under DDP every process
+    trains a batch of the same size at each step (Lightning's DistributedSampler pads the epoch to a multiple of
+    the processes, `DeviceBatches` gives each the same share), so this process's batch × `world_size`."""
+    return images_in_batch(batch) * trainer.world_size
+
+
 def is_last_batch_of_epoch(trainer: Trainer, batch_idx: int) -> bool:
     """Whether `batch_idx` is the training epoch's last batch: its count (after `limit_train_batches`) is reached,
     or a loader of unknown length has run out (Lightning knows it one batch ahead)."""
     return batch_idx + 1 >= trainer.num_training_batches or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
 
-class ImagesPerSecond(Callback):
-    """Logs `train/images_per_sec`, averaged over windows of `window` steps and over the rest of each epoch after
-    the last full window: an epoch shorter than the window still gets a value (from two steps on; an epoch's first
-    step only starts the clock).
+class EpochClock:
+    """The time and the run's images this process has trained in the current epoch, for rates and time estimates.
 
+    It starts at the epoch's start or, when the epoch began before this process (Lightning resumes a checkpoint
+    saved mid-epoch without calling `on_train_epoch_start`), at the first batch this process trains; `batches` and
+    `images` count only what it trained since. A validation stops it (one in the middle of an epoch, with
+    `trainer.val_check_interval`, is not training time); the next batch starts it again.
+    Call `reset` at `on_train_start`, `start` at `on_train_epoch_start`, `batch_start`, `batch_end` and `pause` at
+    the hooks they are named for (`pause` at `on_validation_start`).
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Nothing trained yet in this epoch: a clock that runs only once a batch starts."""
+        self.started: float | None = None  # when this process started (or resumed) the epoch
+        self.first_batch = 0  # the epoch's batch it started at: above 0 when it resumed in the middle
+        self.batches = 0
+        self.images = 0
+        self._trained = 0.0  # training seconds before the latest pause
+        self._since: float | None = None  # when training went on after it; None while paused
+
+    def start(self) -> None:
+        self.reset()
+        self.started = self._since = time.perf_counter()
+
+    def batch_start(self, batch_idx: int) -> None:
+        if self._since is None:
+            self._since = time.perf_counter()
+            if self.started is None:
+                self.started, self.first_batch = self._since, batch_idx
+
+    def batch_end(self, trainer: Trainer, batch: Any) -> None:
+        self.batches += 1
+        self.images += images_in_step(trainer, batch)
+
+    def pause(self) -> None:
+        if self._since is not None:
+            self._trained += time.perf_counter() - self._since
+            self._since = None
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this process started the epoch in its middle."""
+        return self.started is not None and self.first_batch > 0
+
+    def training_seconds(self, now: float) -> float:
+        """Seconds of training (validation not counted) between the start and `now`."""
+        return self._trained + (now - self._since if self._since is not None else 0.0)
+
+
+class ImagesPerSecond(Callback):
+    """Logs `train/images_per_sec`, the run's images (under DDP, all processes') per second, averaged over windows
+    of `window` steps and over the rest of each epoch after the last full window: an epoch shorter than the window
+    still gets a value (from two steps on; an epoch's first step only starts the clock).
+
+    The clock starts again after each validation, and at a fit's first step, even one that resumes in the middle of
+    an epoch (Lightning then skips `on_train_epoch_start`): neither validation nor start-up is training time.
     Each value goes to the loggers at the step whose end it measures, whatever `log_every_n_steps` (Lightning
     would log it only on those steps, late and repeated), and to the progress bar.
     Reads the host clock only: a GPU runs ahead of the host by a bounded queue, so over a window the host's
@@ -40,8 +104,17 @@ class ImagesPerSecond(Callback):
         self._images = 0
         self._steps = 0
 
+    def _restart(self) -> None:
+        self._start, self._images, self._steps = None, 0, 0
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restart()  # a second fit of this callback: its first step waits for data and compilation again
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start, self._images, self._steps = None, 0, 0  # validation time is not training time
+        self._restart()
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restart()  # validation time is not training time (its window's images are dropped with it)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -50,7 +123,7 @@ class ImagesPerSecond(Callback):
         if self._start is None:  # the first step of an epoch waits for data and, once, for compilation
             self._start = now
             return
-        self._images += images_in_batch(batch)
+        self._images += images_in_step(trainer, batch)
         self._steps += 1
         if self._steps == self.window or is_last_batch_of_epoch(trainer, batch_idx):
             rate = self._images / (now - self._start)

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 
-from wrncifar.callbacks.images_per_second import images_in_batch
+from wrncifar.callbacks.images_per_second import EpochClock, images_in_step
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,12 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 class PlainProgressBar(ProgressBar):
     """One line every `every_n_seconds` of training, validation, test or prediction, on rank 0.
 
-    Training lines give the epoch, step, the mean loss since the previous line, images/s and when the epoch and
-    the run should end. The loss is summed on the device and read once per line: no step waits for the device.
-    A stage shorter than `every_n_seconds` prints nothing (the epoch's summary line says how it went).
+    Training lines give the epoch, step, the mean loss since the previous line, images/s (the run's: under DDP,
+    all processes' images together) and when the epoch and the run should end, from the steps this process has
+    trained in the epoch: after a resume in the middle of an epoch (Lightning then skips `on_train_epoch_start`),
+    from the resumed step on. Validation time counts in neither. The loss is summed on the device and read once
+    per line: no step waits for the device. A stage shorter than `every_n_seconds` prints nothing (the epoch's
+    summary line says how it went).
     """
 
     def __init__(self, every_n_seconds: float = 30.0) -> None:
@@ -91,8 +94,10 @@ class PlainProgressBar(ProgressBar):
             raise ValueError(f"every_n_seconds must be > 0, got {every_n_seconds}")
         self.every_n_seconds = every_n_seconds
         self._enabled = True
-        self._stage_start = 0.0
+        self._stage_start = 0.0  # of the evaluation stage; training has its clock
         self._last_line = 0.0
+        self._clock = EpochClock()
+        self._line_trained = 0.0  # the clock's training seconds at the previous training line
         self._images = 0
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
@@ -105,6 +110,11 @@ class PlainProgressBar(ProgressBar):
 
     def _start_stage(self) -> None:
         self._stage_start = self._last_line = time.perf_counter()
+
+    def _start_training_lines(self) -> None:
+        """The next training line `every_n_seconds` from now, about the steps from now on."""
+        self._last_line = time.perf_counter()
+        self._line_trained = self._clock.training_seconds(self._last_line)
         self._images, self._loss_sum, self._loss_count = 0, None, 0
 
     def _due(self, trainer: Trainer) -> float | None:
@@ -114,13 +124,24 @@ class PlainProgressBar(ProgressBar):
         now = time.perf_counter()
         return now if now - self._last_line >= self.every_n_seconds else None
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._clock.reset()
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start_stage()
+        self._clock.start()
+        self._start_training_lines()
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        resumed = self._clock.started is None  # in the middle of the epoch: its start was not seen
+        self._clock.batch_start(batch_idx)
+        if resumed:
+            self._start_training_lines()
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._images += images_in_batch(batch)
+        self._clock.batch_end(trainer, batch)
+        self._images += images_in_step(trainer, batch)
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             loss = loss.detach().float()
@@ -130,18 +151,22 @@ class PlainProgressBar(ProgressBar):
         if now is None:
             return
         done, total = batch_idx + 1, self.total_train_batches
-        elapsed = now - self._stage_start
+        trained = self._clock.training_seconds(now)
         parts = [f"Epoch {trainer.current_epoch + 1}/{epoch_count(trainer)}", f"step {_of(done, total)}"]
         if self._loss_sum is not None:
             parts.append(f"train/loss {self._loss_sum.item() / self._loss_count:.4g}")
-        parts.append(f"{self._images / (now - self._last_line):,.0f} images/s")
-        per_step = elapsed / done
+        parts.append(f"{self._images / (trained - self._line_trained):,.0f} images/s")
+        per_step = trained / self._clock.batches
         parts.append(f"epoch ends in {format_duration((total - done) * per_step)}")
         parts.append(
             f"training ends in ~{format_duration(remaining_batches(trainer) * per_step)} (validation not counted)"
         )
         log.info(" · ".join(parts))
-        self._last_line, self._images, self._loss_sum, self._loss_count = now, 0, None, 0
+        self._last_line, self._line_trained = now, trained
+        self._images, self._loss_sum, self._loss_count = 0, None, 0
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._clock.pause()
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start_stage()
