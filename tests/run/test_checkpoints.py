@@ -20,8 +20,9 @@ from wrncifar.run.checkpoints import (
     CheckpointError,
     CheckpointWriteError,
     check_compatible,
+    furthest_valid_checkpoint,
     load_checkpoint,
-    newest_valid_checkpoint,
+    load_network_weights,
 )
 
 
@@ -107,6 +108,50 @@ def test_missing_truncated_and_foreign_files_are_refused_with_their_path(tmp_pat
         load_checkpoint(plain)
 
 
+def make_run(folder: Path) -> Path:
+    """A training run's folder as far as its path goes: its saved overrides and one checkpoint."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("- trainer.max_epochs=2\n")
+    save(folder / "checkpoints" / "last.ckpt")
+    return folder
+
+
+def test_a_folder_given_as_a_checkpoint_says_it_is_one_and_names_the_run_to_resume(tmp_path) -> None:
+    run = make_run(tmp_path / "run")
+    in_run = (
+        f"is a folder, not a checkpoint file: pass the path of a .ckpt file in {run}/checkpoints (last.ckpt), "
+        f"or continue the training run {run} in its own folder with resume={run}"
+    )
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(run)  # ckpt_path=<run>
+    assert str(err.value) == f"checkpoint {run} {in_run}"
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(run / "checkpoints")
+    assert str(err.value) == f"checkpoint {run}/checkpoints {in_run}"
+    with pytest.raises(CheckpointError) as err:
+        load_network_weights(module().net, run)  # init_from=<run>
+    assert str(err.value) == f"checkpoint {run} {in_run}"
+    elsewhere = tmp_path / "elsewhere"
+    save(elsewhere / "a.ckpt")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(elsewhere)
+    assert str(err.value).endswith(
+        f"is a folder, not a checkpoint file: pass the path of a .ckpt file in {elsewhere} (a.ckpt)"
+    )
+
+
+def test_a_checkpoint_that_cannot_be_read_is_not_called_corrupt(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "last.ckpt"
+    save(path)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(checkpointing.torch, "load", refuse)  # what chmod 000 does to anyone but root
+    with pytest.raises(CheckpointError, match=r"last\.ckpt cannot be read: Permission denied$"):
+        load_checkpoint(path)
+
+
 class RunsCode:
     def __reduce__(self):
         return (os.system, (f"touch {MARKER}",))
@@ -125,29 +170,58 @@ def test_an_untrusted_checkpoint_never_runs_code(tmp_path) -> None:
     assert not MARKER.exists()
 
 
-def test_newest_valid_checkpoint_skips_a_corrupt_newer_one_and_says_so(tmp_path, caplog) -> None:
+def test_furthest_valid_checkpoint_skips_a_corrupt_one_and_says_so(tmp_path, caplog) -> None:
     save(tmp_path / "step.ckpt", step=5)
     last = tmp_path / "last.ckpt"
-    last.write_bytes((tmp_path / "step.ckpt").read_bytes()[:500])  # newest, truncated
-    os.utime(tmp_path / "step.ckpt", ns=(1, 1))
+    last.write_bytes((tmp_path / "step.ckpt").read_bytes()[:500])  # truncated
     with caplog.at_level(logging.WARNING):
-        assert newest_valid_checkpoint(tmp_path) == tmp_path / "step.ckpt"
-    assert "last.ckpt is corrupt" in caplog.text and "newest checkpoint that loads" in caplog.text
+        assert furthest_valid_checkpoint(tmp_path) == tmp_path / "step.ckpt"
+    assert "last.ckpt is corrupt" in caplog.text and "furthest checkpoint that loads" in caplog.text
 
 
-def test_newest_valid_checkpoint_is_the_most_recent_when_all_load(tmp_path) -> None:
+def test_furthest_valid_checkpoint_is_the_one_with_the_most_steps(tmp_path) -> None:
     save(tmp_path / "last.ckpt", step=4)
-    save(tmp_path / "step.ckpt", step=6)
+    save(tmp_path / "step.ckpt", step=6)  # mid-epoch, after the epoch-end last.ckpt
     os.utime(tmp_path / "last.ckpt", ns=(1, 1))
-    assert newest_valid_checkpoint(tmp_path) == tmp_path / "step.ckpt"
+    assert furthest_valid_checkpoint(tmp_path) == tmp_path / "step.ckpt"
 
 
-def test_no_loadable_checkpoint_is_an_error_never_a_fresh_start(tmp_path) -> None:
-    with pytest.raises(CheckpointError, match="no checkpoint in"):
-        newest_valid_checkpoint(tmp_path)
-    (tmp_path / "last.ckpt").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match=r"no checkpoint in .* loads: .*last\.ckpt is corrupt"):
-        newest_valid_checkpoint(tmp_path)
+def set_mtimes(folder: Path, oldest_first: list[str]) -> None:
+    for seconds, name in enumerate(oldest_first, start=1_000_000):
+        os.utime(folder / name, (seconds, seconds))
+
+
+def test_furthest_valid_checkpoint_goes_by_the_saved_step_not_the_files_times(tmp_path) -> None:
+    """A copied run folder (`cp -r`, a restore from backup) dates each file by when it was copied."""
+    save(tmp_path / "last.ckpt", step=30)
+    save(tmp_path / "epoch_001.ckpt", step=30)  # the best one, saved with last.ckpt at the same epoch end
+    save(tmp_path / "step.ckpt", step=25)
+    save(tmp_path / "epoch_000.ckpt", step=15)
+    set_mtimes(tmp_path, ["last.ckpt", "epoch_001.ckpt", "epoch_000.ckpt", "step.ckpt"])
+    assert furthest_valid_checkpoint(tmp_path) == tmp_path / "last.ckpt", "the most steps, last.ckpt on a tie"
+    (tmp_path / "last.ckpt").unlink()
+    (tmp_path / "epoch_001.ckpt").write_bytes(b"garbage")
+    assert furthest_valid_checkpoint(tmp_path) == tmp_path / "step.ckpt", "the next furthest that loads"
+    save(tmp_path / "epoch_001.ckpt", step=25)
+    set_mtimes(tmp_path, ["epoch_001.ckpt", "step.ckpt"])
+    assert furthest_valid_checkpoint(tmp_path) == tmp_path / "step.ckpt", "the newest of equals"
+    set_mtimes(tmp_path, ["step.ckpt", "epoch_001.ckpt"])
+    assert furthest_valid_checkpoint(tmp_path) == tmp_path / "epoch_001.ckpt"
+
+
+def test_choosing_the_furthest_checkpoint_reads_only_the_chosen_one_whole(tmp_path, monkeypatch) -> None:
+    for name, step in [("last.ckpt", 3), ("step.ckpt", 5), ("epoch_000.ckpt", 2)]:
+        save(tmp_path / name, step=step)
+    loads = []
+    real_load = torch.load
+
+    def recorded_load(path, *args, **kwargs):
+        loads.append((Path(path).name, kwargs.get("mmap", False)))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpointing.torch, "load", recorded_load)
+    assert furthest_valid_checkpoint(tmp_path) == tmp_path / "step.ckpt"
+    assert [name for name, mmap in loads if not mmap] == ["step.ckpt"], "the others' tensors are mapped, not read"
 
 
 def test_a_checkpoint_of_another_architecture_lists_what_differs(tmp_path) -> None:

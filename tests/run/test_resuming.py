@@ -26,10 +26,10 @@ from tests.conftest import (
     read_metrics,
     run_entry,
 )
-from wrncifar.run.checkpoints import CheckpointError
+from wrncifar.run.checkpoints import CheckpointError, load_checkpoint
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.folder_lock import check_folder_free
-from wrncifar.run.resuming import resume_overrides
+from wrncifar.run.resuming import check_not_finished, checkpoint_to_resume, resume_overrides
 
 # The on-device loader keeps its position in checkpoints; step.ckpt every 3 steps; 2 epochs of 32 steps.
 RESUMABLE = [
@@ -142,6 +142,56 @@ def test_resume_of_a_folder_that_is_not_a_run_fails_before_hydra_starts(tmp_path
     assert "not a training run's folder" in result.stderr and "Traceback" not in result.stderr
 
 
+def saved_run(run_dir: Path, checkpoints: dict[str, tuple[int, int]]) -> Path:
+    """A run folder as training leaves it, as far as resuming reads it: its overrides, and checkpoints
+    name → (epochs, steps) trained, written oldest first in the order given."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["trainer.max_epochs=2"]))
+    (run_dir / "checkpoints").mkdir()
+    for seconds, (name, (epochs, steps)) in enumerate(checkpoints.items(), start=1_000_000):
+        loops = {"fit_loop": {"epoch_progress": {"current": {"processed": epochs}}}}
+        checkpoint = {"pytorch-lightning_version": "2.6.6", "state_dict": {}, "global_step": steps, "loops": loops}
+        torch.save(checkpoint, run_dir / "checkpoints" / name)
+        os.utime(run_dir / "checkpoints" / name, (seconds, seconds))
+    return run_dir
+
+
+def test_resume_of_a_path_that_is_not_a_run_folder_says_what_it_is_instead(tmp_path) -> None:
+    run = saved_run(tmp_path / "runs" / "run", {"last.ckpt": (2, 30)})
+    last = run / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError) as err:
+        resume_overrides([f"resume={tmp_path / 'nope'}"])
+    assert str(err.value).startswith(f"resume={tmp_path / 'nope'}: the folder does not exist")
+    with pytest.raises(CheckpointError) as err:
+        resume_overrides([f"resume={last}"])
+    assert str(err.value) == (
+        f"resume={last} is a file: resume= takes a training run's folder; resume={run} continues the run it belongs "
+        f"to from its furthest checkpoint; a checkpoint file goes to ckpt_path={last}, which continues from it in a "
+        "new run folder"
+    )
+    with pytest.raises(CheckpointError) as err:
+        resume_overrides([f"resume={run / 'checkpoints'}"])
+    assert (
+        str(err.value)
+        == f"resume={run / 'checkpoints'} is a folder inside the training run {run}: resume={run} continues it"
+    )
+    with pytest.raises(CheckpointError) as err:
+        resume_overrides([f"resume={run.parent}"])  # logs/train/runs, or a multirun's folder
+    assert str(err.value).endswith(
+        "not a training run's folder (no .hydra/overrides.yaml in it); it holds the runs run: resume one of them"
+    )
+
+
+def test_a_copied_run_resumes_from_its_furthest_checkpoint_not_its_newest_file(tmp_path, make_config) -> None:
+    """`cp -r run copy` dates each file by when it was copied: step.ckpt, copied last, is the newest file."""
+    run = saved_run(tmp_path / "copy", {"last.ckpt": (2, 30), "epoch_001.ckpt": (2, 30), "step.ckpt": (1, 25)})
+    cfg = make_config([f"+resume={run}"])
+    path = checkpoint_to_resume(cfg)
+    assert path == run / "checkpoints" / "last.ckpt" and cfg.ckpt_path == str(path)
+    with pytest.raises(ConfigError, match="is from a run that has already trained 2 epochs"):
+        check_not_finished(load_checkpoint(path), path, max_epochs=2, max_steps=-1)  # not trained again
+
+
 @pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(tmp_path, reference) -> None:
     run_dir = tmp_path / "run"
@@ -188,7 +238,7 @@ def test_twenty_kills_in_a_row_end_as_one_uninterrupted_run(tmp_path, reference)
     assert_same_training(run_dir, reference)
 
 
-def test_corrupt_last_checkpoint_falls_back_to_the_newest_valid_one_and_says_so(tmp_path, reference) -> None:
+def test_corrupt_last_checkpoint_falls_back_to_the_furthest_valid_one_and_says_so(tmp_path, reference) -> None:
     run_dir = tmp_path / "run"
     result = run_entry("train.py", [*RESUMABLE, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -380,6 +430,7 @@ def test_a_resume_that_stops_before_training_leaves_the_logged_history_as_it_was
 def test_resuming_a_finished_run_says_so_and_what_to_do(tmp_path, reference) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)
+    os.utime(run_dir / "checkpoints" / "step.ckpt")  # copied last, as `cp -r` may: the newest file, 1 step short
     result = run_entry("train.py", [f"resume={run_dir}"])
     assert result.returncode == 1
     out = result.stdout + result.stderr
@@ -415,10 +466,8 @@ def test_a_slurm_job_requeued_after_its_training_ended_only_tests(tmp_path) -> N
 
 
 def test_resume_and_ckpt_path_together_are_refused(make_config, tmp_path) -> None:
-    from wrncifar.run.resuming import checkpoint_to_resume
-
     cfg = make_config([f"+resume={tmp_path}", f"ckpt_path={tmp_path / 'x.ckpt'}"])
-    with pytest.raises(ConfigError, match=r"continues that run from its newest checkpoint, ckpt_path=.*give one"):
+    with pytest.raises(ConfigError, match=r"continues that run from its furthest checkpoint, ckpt_path=.*give one"):
         checkpoint_to_resume(cfg)
 
 

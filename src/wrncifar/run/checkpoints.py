@@ -1,4 +1,4 @@
-"""Checkpoints that survive crashes: atomic writes, checked loads, the newest valid one of a run, clear mismatches."""
+"""Checkpoints that survive crashes: atomic writes, checked loads, the furthest valid one of a run, clear mismatches."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import weakref
+import zipfile
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -213,16 +214,57 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def read_checkpoint_file(path: Path) -> Any:
-    """The object saved at `path`, loaded with `weights_only=True` (no code runs); CheckpointError if unusable."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist: pass the path of a .ckpt file (or resume=<run_dir>)")
+def read_checkpoint_file(path: Path, mmap: bool = False) -> Any:
+    """The object saved at `path`, loaded with `weights_only=True` (no code runs); CheckpointError if unusable.
+
+    With `mmap=True` the tensors are mapped from the file rather than read: what is saved around them (the step,
+    the loops' progress) costs its own pickle, 17 KB of WRN-28-10's 131 MB checkpoint with its optimizer state."""
+    check_checkpoint_path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # Only the zip format (every torch.save since 1.6) can be mapped; an older or damaged file is read whole,
+        # which says what is wrong with it.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except OSError as err:  # the file is there but cannot be read: not a matter of its contents
+        raise CheckpointError(f"checkpoint {path} cannot be read: {err.strerror or err}") from err
     except Exception as err:  # truncated zip, garbage bytes, or a pickle that wants to run code
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: {err})"
         ) from err
+
+
+def check_checkpoint_path(path: Path) -> None:
+    """CheckpointError unless `path` is a file, saying what it is instead: missing, or a folder (a run's folder,
+    or its checkpoints/, is the commonest slip: its checkpoints are named, and resume= for the run)."""
+    if path.is_file():
+        return
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist: pass the path of a .ckpt file (or resume=<run_dir>)")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is not a regular file: pass the path of a .ckpt file")
+    run = run_folder_of(path)
+    where = path / "checkpoints" if run is not None and path.resolve() == run else path
+    names = sorted(p.name for p in where.glob("*.ckpt"))
+    shown = ", ".join(names[:4]) + (f", … ({len(names)} in all)" if len(names) > 4 else "")
+    message = f"checkpoint {path} is a folder, not a checkpoint file: pass the path of a .ckpt file"
+    if names:
+        message += f" in {where} ({shown})"
+    if run is not None:
+        message += f", or continue the training run {run} in its own folder with resume={run}"
+    raise CheckpointError(message)
+
+
+# How far above a path its run's `.hydra/` folder may be (<run>/checkpoints/x.ckpt, <run>/csv/version_0/…).
+RUN_FOLDER_DEPTH = 4
+
+
+def run_folder_of(path: Path) -> Path | None:
+    """The training run's folder that `path` is or lies in (the nearest with a `.hydra/overrides.yaml`, what
+    `resume=` reruns), for messages that name it; None outside a run."""
+    path = path.expanduser().resolve()
+    for folder in [path, *path.parents][:RUN_FOLDER_DEPTH]:
+        if (folder / ".hydra" / "overrides.yaml").is_file():
+            return folder
+    return None
 
 
 def is_lightning_checkpoint(checkpoint: Any) -> bool:
@@ -230,9 +272,10 @@ def is_lightning_checkpoint(checkpoint: Any) -> bool:
     return isinstance(checkpoint, dict) and "pytorch-lightning_version" in checkpoint and "state_dict" in checkpoint
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """The Lightning checkpoint at `path` (see `read_checkpoint_file`); CheckpointError if it is not one."""
-    checkpoint = read_checkpoint_file(path)
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """The Lightning checkpoint at `path` (see `read_checkpoint_file`, also for `mmap`); CheckpointError if it is
+    not one."""
+    checkpoint = read_checkpoint_file(path, mmap)
     if is_lightning_checkpoint(checkpoint):
         return checkpoint
     if isinstance(checkpoint, dict) and ("state_dict" in checkpoint or _all_tensors(checkpoint)):
@@ -272,25 +315,40 @@ def load_network_weights(net: nn.Module, path: Path) -> None:
     net.load_state_dict(weights, strict=True)
 
 
-def newest_valid_checkpoint(folder: Path) -> Path:
-    """The most recently written checkpoint in `folder` that loads (`last.ckpt` at epoch ends, `step.ckpt` every
-    N steps, the best one); a newer one that does not load is named and skipped.
+def furthest_valid_checkpoint(folder: Path) -> Path:
+    """The checkpoint in `folder` that got furthest, among those that load: the largest `global_step` saved in it,
+    on a tie `last.ckpt` (written after the epoch's validation), then the most recently written (`last.ckpt` at
+    epoch ends and on a signal, `step.ckpt` every N steps, the best ones). Not the newest file: a copied run folder
+    (`cp -r`) dates each file by when it was copied. One that does not load is named and skipped for the next.
 
-    Raises CheckpointError when none loads: a resumed run never silently starts from scratch.
+    The steps are read with the tensors mapped, not loaded (`mmap`); the one chosen is then loaded whole, so that
+    damaged tensors count as not loading. Raises CheckpointError when none loads: a resumed run never silently
+    starts from scratch.
     """
-    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    if not candidates:
+    paths = list(folder.glob("*.ckpt"))
+    if not paths:
         raise CheckpointError(f"no checkpoint in {folder}: nothing to resume from")
     problems = []
-    for candidate in candidates:
+
+    def skip(err: CheckpointError) -> None:
+        problems.append(str(err))
+        log.warning("Skipping %s", err)
+
+    progress = {}
+    for path in paths:
+        try:
+            progress[path] = int(load_checkpoint(path, mmap=True).get("global_step", 0))
+        except CheckpointError as err:
+            skip(err)
+    ranked = sorted(progress, key=lambda p: (progress[p], p.name == "last.ckpt", p.stat().st_mtime_ns), reverse=True)
+    for candidate in ranked:
         try:
             load_checkpoint(candidate)
         except CheckpointError as err:
-            problems.append(str(err))
-            log.warning("Skipping %s", err)
+            skip(err)
             continue
         if problems:
-            log.warning("Resuming from %s, the newest checkpoint that loads", candidate)
+            log.warning("Resuming from %s, the furthest checkpoint that loads", candidate)
         return candidate
     raise CheckpointError(f"no checkpoint in {folder} loads: " + "; ".join(problems))
 

@@ -1,4 +1,4 @@
-"""`resume=<run_dir>`: rerun a training run's own command in its own folder, from its newest valid checkpoint."""
+"""`resume=<run_dir>`: rerun a training run's own command in its own folder, from its furthest valid checkpoint."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, open_dict
 
 from wrncifar.callbacks.checkpoint_on_signal import SLURM_JOB_KEY, slurm_job
-from wrncifar.run.checkpoints import CheckpointError, load_checkpoint, newest_valid_checkpoint
+from wrncifar.run.checkpoints import CheckpointError, furthest_valid_checkpoint, load_checkpoint, run_folder_of
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.folder_lock import check_folder_free, launching_process
 from wrncifar.run.trusted_targets import check_override_targets
@@ -31,20 +31,19 @@ def resume_overrides(args: list[str]) -> list[str]:
     `hydra.run.dir=<run_dir>` so that outputs, logs and checkpoints continue in the same folder. A job of a sweep
     resumes as a single run: the overrides that made its command a sweep (`SWEEP_KEYS`) are left out.
 
-    Raises CheckpointError when `<run_dir>` is not a training run's folder, ConfigError when its saved overrides
-    name code the project's configs do not use, FolderInUseError while a run is still running in it; only then is
-    the run's saved config archived (`archive_run_config`), since Hydra rewrites it for the resumed command. Both
-    only in the launching process: under DDP the other ranks run the expanded command line again, into the folder
-    rank 0 holds by then. The
-    folder may be given quoted or not; it is passed on unquoted (see `command_line`).
+    Raises CheckpointError when `<run_dir>` is not a training run's folder (`check_run_folder`), ConfigError when
+    its saved overrides name code the project's configs do not use, FolderInUseError while a run is still running
+    in it; only then is the run's saved config archived (`archive_run_config`), since Hydra rewrites it for the
+    resumed command. Both only in the launching process: under DDP the other ranks run the expanded command line
+    again, into the folder rank 0 holds by then. The folder may be given quoted or not; it is passed on unquoted
+    (see `command_line`).
     """
     given = [a for a in args if a.startswith("resume=")]
     if not given or given[-1] in ("resume=null", "resume="):
         return args
     run_dir = Path(unquoted(given[-1].split("=", 1)[1])).expanduser().resolve()
+    check_run_folder(run_dir)
     saved = run_dir / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
-        raise CheckpointError(f"resume={run_dir}: not a training run's folder (no .hydra/overrides.yaml in it)")
     first = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.lstrip("+~").startswith(OWN_KEYS + SWEEP_KEYS)]
     check_override_targets(first, saved)
     if launching_process():  # the processes of other ranks run this command line again, into the folder it holds
@@ -52,6 +51,30 @@ def resume_overrides(args: list[str]) -> list[str]:
         archive_run_config(run_dir)
     rest = [a for a in args if not a.startswith("resume=")]
     return [*first, *rest, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
+
+
+def check_run_folder(path: Path) -> None:
+    """CheckpointError unless `path` is a training run's folder (with `.hydra/overrides.yaml`), saying what it is
+    instead: missing, a checkpoint file or a folder inside a run (naming the run to resume), a folder of runs."""
+    if (path / ".hydra" / "overrides.yaml").is_file():
+        return
+    if not path.exists():
+        raise CheckpointError(f"resume={path}: the folder does not exist: pass a training run's folder")
+    run = run_folder_of(path)
+    if path.is_dir() and run is not None:
+        raise CheckpointError(f"resume={path} is a folder inside the training run {run}: resume={run} continues it")
+    if not path.is_dir():
+        message = f"resume={path} is a file: resume= takes a training run's folder"
+        if run is not None:
+            message += f"; resume={run} continues the run it belongs to from its furthest checkpoint"
+        if path.suffix == ".ckpt":
+            message += f"; a checkpoint file goes to ckpt_path={path}, which continues from it in a new run folder"
+        raise CheckpointError(message)
+    message = f"resume={path}: not a training run's folder (no .hydra/overrides.yaml in it)"
+    runs = sorted(p.parent.parent.name for p in path.glob("*/.hydra/overrides.yaml"))  # a multirun's, or runs/
+    if runs:
+        message += f"; it holds the runs {', '.join(runs[:4])}{', …' if len(runs) > 4 else ''}: resume one of them"
+    raise CheckpointError(message)
 
 
 def unquoted(value: str) -> str:
@@ -80,20 +103,20 @@ def restarts() -> int:
 
 def resume_requeued_slurm_job(cfg: DictConfig) -> None:
     """A SLURM job started again by a requeue (SLURM_RESTART_COUNT > 0: preempted, or stopped by SIGUSR1 before
-    its time limit) continues from the newest checkpoint it saved in its run folder, as `resume=<run folder>`
+    its time limit) continues from the furthest checkpoint it saved in its run folder, as `resume=<run folder>`
     would: `cfg.resume` is set to the folder, and `ckpt_path` and `init_from`, where the job first started from,
     give way. With `resume=` in its command, the command already says where to continue.
 
     Only the job's own checkpoints count (each records the job that saved it, `SLURM_JOB_KEY`): CheckpointError
-    when the folder's newest checkpoint was saved by another run, which starting over would overwrite. A job that
-    saved nothing yet starts from the beginning.
+    when the checkpoint it would continue from was saved by another run, which starting over would overwrite. A
+    job that saved nothing yet starts from the beginning.
     """
     job = slurm_job()
     if restarts() < 1 or job is None or cfg.get("resume"):
         return
     run_dir = Path(cfg.paths.output_dir)
     try:
-        newest = newest_valid_checkpoint(run_dir / "checkpoints")
+        furthest = furthest_valid_checkpoint(run_dir / "checkpoints")
     except CheckpointError:
         log.warning(
             "SLURM job %s was requeued (restart %d) before it saved a checkpoint in %s: it starts from the "
@@ -103,12 +126,12 @@ def resume_requeued_slurm_job(cfg: DictConfig) -> None:
             run_dir,
         )
         return
-    saved_by = load_checkpoint(newest).get(SLURM_JOB_KEY)
+    saved_by = load_checkpoint(furthest).get(SLURM_JOB_KEY)
     if saved_by != job:
         by = f"SLURM job {saved_by.split(':', 1)[1]}" if saved_by else "a run outside SLURM"
         raise CheckpointError(
-            f"SLURM job {job.split(':', 1)[1]} was requeued, but the newest checkpoint in its folder, {newest}, was "
-            f"saved by {by}: starting over would overwrite that run. Give each job a folder of its own "
+            f"SLURM job {job.split(':', 1)[1]} was requeued, but the checkpoint it would continue from, {furthest}, "
+            f"was saved by {by}: starting over would overwrite that run. Give each job a folder of its own "
             "(hydra.run.dir=…/$SLURM_JOB_ID), or continue that run with resume=<its folder>"
         )
     log.info("SLURM job %s was requeued (restart %d): resuming %s", job.split(":", 1)[1], restarts(), run_dir)
@@ -119,17 +142,17 @@ def resume_requeued_slurm_job(cfg: DictConfig) -> None:
 
 
 def checkpoint_to_resume(cfg: DictConfig) -> Path | None:
-    """The checkpoint `cfg` resumes from, checked to load: `ckpt_path` as given, or with `resume` the newest
-    valid checkpoint of that run (last.ckpt, else the newest that loads); in a requeued SLURM job, its own newest
-    checkpoint (`resume_requeued_slurm_job`). Sets `cfg.ckpt_path` to it."""
+    """The checkpoint `cfg` resumes from, checked to load: `ckpt_path` as given, or with `resume` the furthest
+    valid checkpoint of that run (`furthest_valid_checkpoint`: the largest step among those that load); in a
+    requeued SLURM job, its own furthest checkpoint (`resume_requeued_slurm_job`). Sets `cfg.ckpt_path` to it."""
     resume_requeued_slurm_job(cfg)
     if cfg.get("resume") and cfg.get("ckpt_path"):
         raise ConfigError(
-            f"resume={cfg.resume} continues that run from its newest checkpoint, ckpt_path={cfg.ckpt_path} from "
+            f"resume={cfg.resume} continues that run from its furthest checkpoint, ckpt_path={cfg.ckpt_path} from "
             "another one: give one of them"
         )
     if cfg.get("resume"):
-        path = newest_valid_checkpoint(Path(cfg.resume) / "checkpoints")
+        path = furthest_valid_checkpoint(Path(cfg.resume) / "checkpoints")
         log.info("Resuming %s from %s", cfg.resume, path)
     elif cfg.get("ckpt_path"):
         path = Path(str(cfg.ckpt_path))
