@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 
-from tests.conftest import TINY_SYNTHETIC, TRAINED_EPOCHS, last_logged, read_metrics, run_entry
+from tests.conftest import FEW_IMAGES, TINY_SYNTHETIC, TRAINED_EPOCHS, last_logged, read_metrics, run_entry
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.fit_and_test import (
     metrics_as_floats,
@@ -161,7 +161,7 @@ def test_init_from_starts_a_new_run_from_plain_network_weights(tmp_path: Path) -
         if name.endswith(".weight") and value.ndim == 4:  # the convolutions, which an lr of 1e-12 leaves as they were
             torch.testing.assert_close(trained[f"net.{name}"], value)
 
-    both = run_entry("train.py", [*args, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])
+    both = run_entry("train.py", [*args[:-1], f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"])
     assert both.returncode == 1 and "init_from starts a new run" in both.stdout + both.stderr
 
 
@@ -197,3 +197,17 @@ def test_a_resumed_run_skips_the_sanity_validation(trained_run: Path, make_confi
     last = trained_run / "checkpoints" / "last.ckpt"
     train(make_config([*TINY_SYNTHETIC, *probe, f"ckpt_path={last}", f"trainer.max_epochs={TRAINED_EPOCHS + 1}"]))
     assert SanityProbe.checks == 1  # the resumed one goes straight to its next epoch
+
+
+@pytest.mark.parametrize(("name", "epochs_trained"), [("val/accc", [0]), ("train/los", [0]), ("val/loss", [0, 1, 2])])
+def test_an_optimized_metric_the_run_does_not_log_stops_it_after_its_first_epoch(
+    make_config, tmp_path: Path, name: str, epochs_trained: list[int]
+) -> None:
+    """A typo costs one epoch of each sweep job, not all of them; a metric the run logs trains to the end."""
+    cfg = make_config([*FEW_IMAGES, "trainer.max_epochs=3", "test=false", f"optimized_metric={name}", "logger=csv"])
+    if name == "val/loss":
+        assert train_for_sweep(cfg) > 0
+    else:
+        with pytest.raises(ConfigError, match=rf"optimized_metric '{name}' is not among the metrics this run logs \("):
+            train_for_sweep(cfg)
+    assert [int(r["epoch"]) for r in read_metrics(tmp_path) if r.get("val/loss")] == epochs_trained

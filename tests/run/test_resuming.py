@@ -431,11 +431,17 @@ def test_resuming_a_finished_run_says_so_and_what_to_do(tmp_path, reference) -> 
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)
     os.utime(run_dir / "checkpoints" / "step.ckpt")  # copied last, as `cp -r` may: the newest file, 1 step short
+    record = {p: p.read_bytes() for p in [*run_dir.glob(".hydra/*.yaml"), *run_dir.glob("*.log")] if p.is_file()}
     result = run_entry("train.py", [f"resume={run_dir}"])
     assert result.returncode == 1
     out = result.stdout + result.stderr
     assert "is from a run that has already trained 2 epochs" in out and "larger trainer.max_epochs" in out
     assert "optimized_metric" not in out and "Traceback" not in out
+    # The refused command leaves the run's record of what trained it as it was (its log aside), and no history.
+    assert {p: p.read_bytes() for p in record if p.name != "train.log"} == {
+        p: b for p, b in record.items() if p.name != "train.log"
+    }
+    assert not (run_dir / ".hydra" / "history").exists()
 
 
 @pytest.mark.slow

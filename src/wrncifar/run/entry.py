@@ -28,6 +28,7 @@ from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.distributed import log_files_on_rank_zero_only
 from wrncifar.run.fit_and_test import NonFiniteMetricError
 from wrncifar.run.folder_lock import FolderInUseError, hold_run_folder
+from wrncifar.run.resuming import restore_run_config
 from wrncifar.run.run_folder import remove_if_nothing_ran
 from wrncifar.run.tracking import redact_secrets_in_logs
 from wrncifar.sweeps.summary import in_multirun, record_job_result
@@ -76,7 +77,9 @@ def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
         if multirun:
             return _failed_job(cfg, err)
         folder = Path(cfg.paths.output_dir)
-        if rank_zero_only.rank == 0 and remove_if_nothing_ran(folder, f"{cfg.get('task_name', 'train')}.log"):
+        if rank_zero_only.rank == 0 and cfg.get("resume"):
+            restore_run_config(folder)
+        elif rank_zero_only.rank == 0 and remove_if_nothing_ran(folder, f"{cfg.get('task_name', 'train')}.log"):
             log.info("Nothing ran: the run folder %s (its configs and this log) was removed", folder)
         raise SystemExit(1) from err
     except SIGTERMException as err:  # preempted: `CheckpointOnSignal` saved last.ckpt and set the signal

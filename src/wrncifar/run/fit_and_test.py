@@ -82,6 +82,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if isinstance(logger, CSVLogger):
                 logger.rewind(continue_at)
     callbacks = _without_logger_only_callbacks(instantiate_group(cfg.get("callbacks")), has_logger=bool(loggers))
+    if cfg.get("optimized_metric"):
+        callbacks.append(OptimizedMetricCheck(str(cfg.optimized_metric)))
     trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if resume_from is not None:  # the validation code ran when the run started: a resume goes straight to training
         trainer.num_sanity_val_steps = 0
@@ -176,6 +178,35 @@ def optimized_metric_value(metrics: Mapping[str, float], name: str | None) -> fl
             "a sweep counts this job as failed"
         )
     return value
+
+
+class OptimizedMetricCheck(Callback):
+    """Stop a run whose `optimized_metric` names a metric it does not log (`val/accc`) at the start of its second
+    epoch in this process, rather than after all of them: a sweep with a typo would otherwise spend every job's
+    whole budget before the first one failed. Checked once the stage that logs the metric has run in this process
+    (validation for `val/…`, a training epoch for the others); `test/…` metrics are left to the end of the run."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.validated = self.trained_an_epoch = self.checked = False
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.validated = self.validated or not trainer.sanity_checking
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.trained_an_epoch = True
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        stage = self.name.split("/")[0]
+        if self.checked or not self.trained_an_epoch or stage == "test" or (stage == "val" and not self.validated):
+            return
+        self.checked = True
+        logged = trainer.callback_metrics
+        if self.name not in logged:
+            raise ConfigError(
+                f"optimized_metric {self.name!r} is not among the metrics this run logs ({', '.join(sorted(logged))}): "
+                "fix its name (optimized_metric=…); stopped after the first epoch"
+            )
 
 
 class NonFiniteMetricError(RuntimeError):

@@ -84,16 +84,43 @@ def unquoted(value: str) -> str:
     return str(OverridesParser.create().parse_override(f"key={value}").value())
 
 
+# The run folder's files that describe the command that ran in it, rewritten by each command that runs there.
+RUN_RECORD = (".hydra/*.yaml", "config_tree.log", "tags.log")
+
+
 def archive_run_config(run_dir: Path) -> Path:
-    """Copy `<run_dir>/.hydra/*.yaml` to `<run_dir>/.hydra/history/<n>/` (n = 1, 2, … per resume) and return that
-    folder: the config that trained each part of a resumed run stays on record beside the one Hydra writes."""
+    """Copy the run's record of its command (`RUN_RECORD`: `.hydra/*.yaml`, the config tree, the tags) to
+    `<run_dir>/.hydra/history/<n>/` (n = 1, 2, … per resume) and return that folder: the config that trained each
+    part of a resumed run stays on record beside the one Hydra writes."""
     history = run_dir / ".hydra" / "history"
     done = [int(p.name) for p in history.glob("*") if p.name.isdigit()] if history.is_dir() else []
     folder = history / str(max(done, default=0) + 1)
     folder.mkdir(parents=True)
-    for path in sorted((run_dir / ".hydra").glob("*.yaml")):
-        shutil.copy2(path, folder / path.name)
+    for pattern in RUN_RECORD:
+        for path in sorted(run_dir.glob(pattern)):
+            shutil.copy2(path, folder / path.name)
     return folder
+
+
+def restore_run_config(run_dir: Path) -> None:
+    """Undo the newest `archive_run_config` of a resume that stopped before it saved a checkpoint (refused, or
+    failed before its first one): the run's record goes back to the command whose checkpoints the folder holds, and
+    the next resume archives that one, not the command that did nothing."""
+    history = run_dir / ".hydra" / "history"
+    numbered = [p for p in history.glob("*") if p.name.isdigit() and p.is_dir()] if history.is_dir() else []
+    if not numbered:
+        return
+    newest = max(numbered, key=lambda p: int(p.name))
+    archived_at = newest.stat().st_mtime_ns
+    if any(p.stat().st_mtime_ns > archived_at for p in (run_dir / "checkpoints").glob("*.ckpt")):
+        return  # the resumed command trained and saved: the record is now its own
+    for path in newest.iterdir():
+        target = run_dir / ".hydra" / path.name if path.suffix == ".yaml" else run_dir / path.name
+        shutil.copy2(path, target)
+    shutil.rmtree(newest)
+    if not any(history.iterdir()):
+        history.rmdir()
+    log.info("The run's config in %s is the one of its checkpoints again: this command trained nothing", run_dir)
 
 
 def restarts() -> int:
