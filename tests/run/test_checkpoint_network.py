@@ -80,10 +80,45 @@ def test_devices() -> None:
         pick_device("gpu0")
 
 
+def never(path: Path) -> bool:
+    """A command that recognises no file as its own earlier output."""
+    return False
+
+
 def test_outputs_go_to_the_run_folder_a_given_folder_or_a_given_file(tmp_path: Path) -> None:
     run_folder, folder = tmp_path / "run", tmp_path / "mine"
     folder.mkdir()
-    assert output_file(None, run_folder, "x.csv") == run_folder / "x.csv"
-    assert output_file(str(folder), run_folder, "x.csv") == folder / "x.csv"
+    assert output_file(None, run_folder, "x.csv", never) == run_folder / "x.csv"
+    assert output_file(str(folder), run_folder, "x.csv", never) == folder / "x.csv"
     target = tmp_path / "new" / "deeper" / "out.csv"
-    assert output_file(str(target), run_folder, "x.csv") == target and target.parent.is_dir()
+    assert output_file(str(target), run_folder, "x.csv", never) == target and target.parent.is_dir()
+
+
+def test_a_path_ending_in_a_slash_is_a_folder_even_before_it_exists(tmp_path: Path) -> None:
+    """`output=results/` must not become a file named `results` (which the next command would then overwrite)."""
+    for given, folder in [(f"{tmp_path / 'new'}/", tmp_path / "new"), (f"{tmp_path / 'a' / 'b'}/.", tmp_path / "a/b")]:
+        assert output_file(given, tmp_path / "run", "x.csv", never) == folder / "x.csv"
+        assert folder.is_dir()
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ConfigError, match=r"output=.*file/ names a folder, but .*file is a file"):
+        output_file(f"{tmp_path / 'file'}/", tmp_path / "run", "x.csv", never)
+    with pytest.raises(ConfigError, match=r"the folder .*file cannot be made"):
+        output_file(str(tmp_path / "file" / "x.csv"), tmp_path / "run", "x.csv", never)
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_file_already_there_is_replaced_only_when_it_is_the_commands_own(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mine, earlier = tmp_path / "model.pt", tmp_path / "earlier.csv"
+    mine.write_bytes(b"someone's weights")
+    earlier.write_text("written before")
+    with pytest.raises(ConfigError, match=r"output: .*model\.pt already exists and is not an earlier output"):
+        output_file(str(mine), tmp_path / "run", "x.csv", never)
+    (tmp_path / "x.csv").mkdir()  # a folder where the file would go
+    with pytest.raises(ConfigError, match=r"output: .*x\.csv already exists"):
+        output_file(str(tmp_path), tmp_path / "run", "x.csv", lambda path: True)
+    assert mine.read_bytes() == b"someone's weights"
+    with caplog.at_level(logging.INFO):
+        assert output_file(str(earlier), tmp_path / "run", "x.csv", lambda path: path == earlier) == earlier
+    assert f"Replacing {earlier}, written by an earlier run of this command" in caplog.text

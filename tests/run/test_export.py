@@ -4,6 +4,8 @@ giving the checkpoint's logits when loaded the way a user loads it."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -12,8 +14,9 @@ import onnxruntime
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
-from tests.conftest import best_checkpoint, run_entry
+from tests.conftest import ROOT, best_checkpoint, run_entry
 from tests.run.test_prediction import checkpoint_net, normalised, run_config, run_test_images
 from wrncifar.data.transforms import CIFAR100_MEAN, CIFAR100_STD
 from wrncifar.models.wideresnet import WideResNet
@@ -23,6 +26,7 @@ from wrncifar.run.export import ExportCheckError, export_model
 
 # Exported and original logits agree to float rounding; ONNX Runtime reorders some operations.
 ATOL = 1e-4
+README_FOLDER = "logs/export/runs/<time>/"  # where the README's recipes read the exported files from
 
 
 def exported(trained_run: Path, folder: Path, *args: str) -> Path:
@@ -35,6 +39,19 @@ def exported(trained_run: Path, folder: Path, *args: str) -> Path:
 def expected_logits(trained_run: Path, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return checkpoint_net(trained_run)(normalised(images))
+
+
+def network_description(trained_run: Path) -> tuple[str, dict]:
+    """The class and constructor arguments of the run's `model.net`, as the `.json` should record them."""
+    net_config = OmegaConf.to_container(run_config(trained_run).model.net, resolve=True)
+    return net_config.pop("_target_"), net_config
+
+
+def readme_recipes() -> list[str]:
+    """The Python blocks of the README's section on prediction and export, as a user copies them."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Predict on your own images, export\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +79,7 @@ def test_the_onnx_models_description_says_what_it_takes(onnx_export: Path, train
     assert description["input_description"].startswith("uint8 Nx3x32x32 (NCHW, RGB, 0-255)")
     assert description["mean"] == pytest.approx(CIFAR100_MEAN) and description["std"] == pytest.approx(CIFAR100_STD)
     assert description["classes"] == [f"class_{i:03d}" for i in range(100)]
-    assert description["net"] == OmegaConf.to_container(run_config(trained_run).model.net, resolve=True)
+    assert (description["net_class"], description["net"]) == network_description(trained_run)
     assert description["ckpt_path"] == str(best_checkpoint(trained_run).resolve())
     assert 0 <= description["max_abs_logit_difference"] <= ATOL
 
@@ -85,15 +102,74 @@ def test_the_state_dict_loads_strictly_into_the_plain_wideresnet(trained_run: Pa
     folder = exported(trained_run, tmp_path, "format=state_dict")
     weights = torch.load(folder / "model.state_dict.pt", weights_only=True)
     assert not [k for k in weights if k.startswith("net.")] and "fc.weight" in weights
-    net_config = OmegaConf.to_container(run_config(trained_run).model.net, resolve=True)
-    assert net_config.pop("_target_") == "wrncifar.models.wideresnet.WideResNet"
-    net = WideResNet(**net_config)
+    description = json.loads((folder / "model.state_dict.json").read_text())
+    assert description["net_class"] == "wrncifar.models.wideresnet.WideResNet"
+    net = WideResNet(**description["net"])
     net.load_state_dict(weights, strict=True)
     images = run_test_images(trained_run, 4)
     with torch.no_grad():
         assert torch.equal(net.eval()(normalised(images)), expected_logits(trained_run, images))
-    description = json.loads((folder / "model.state_dict.json").read_text())
     assert description["input"] == "normalized" and description["input_name"] is None
+
+
+def test_the_readmes_recipes_load_the_exports_as_written(
+    trained_run: Path, make_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A researcher's fresh Python session: each block of the README's export section, its `<time>` folder made
+    the export's, gives the checkpoint's logits on a 32×32 PNG."""
+    folder = tmp_path / "export"
+    for fmt in ("onnx", "state_dict"):
+        overrides = [f"ckpt_path={best_checkpoint(trained_run)}", f"format={fmt}", f"output={folder}/"]
+        export_model(make_config(overrides, "export.yaml"))
+    image = run_test_images(trained_run, 1)
+    Image.fromarray(image[0].permute(1, 2, 0).numpy()).save(tmp_path / "cat_32x32.png")
+    monkeypatch.chdir(tmp_path)
+    recipes = readme_recipes()
+    assert len(recipes) == 2 and all(README_FOLDER in recipe for recipe in recipes)
+    for recipe in recipes:
+        namespace: dict = {}
+        exec(recipe.replace(README_FOLDER, f"{folder}/"), namespace)
+        assert torch.as_tensor(namespace["logits"]) == pytest.approx(expected_logits(trained_run, image), abs=ATOL)
+
+
+def test_an_output_ending_in_a_slash_is_a_folder_made_for_the_model(
+    trained_run: Path, make_config, tmp_path: Path
+) -> None:
+    """`output=models/` for a folder not made yet: not a file named `models` that the next command overwrites."""
+    folder = tmp_path / "new" / "models"
+    overrides = [f"ckpt_path={best_checkpoint(trained_run)}", "format=torchscript", f"output={folder}/"]
+    description = export_model(make_config(overrides, "export.yaml"))
+    assert sorted(p.name for p in folder.iterdir()) == ["model.torchscript.json", "model.torchscript.pt"]
+    assert description["file"] == "model.torchscript.pt"
+
+
+def test_an_export_replaces_an_earlier_export_but_no_other_file(trained_run: Path, make_config, tmp_path: Path) -> None:
+    ckpt = tmp_path / "mine" / "last.ckpt"
+    ckpt.parent.mkdir()
+    shutil.copy(best_checkpoint(trained_run), ckpt)
+    base = [f"ckpt_path={best_checkpoint(trained_run)}", "format=torchscript"]
+    (ckpt.parent / "notes.json").write_text('{"mine": true}')
+    # A checkpoint; a model whose .json (notes.json) would replace a file of the user's.
+    for output, refused in [(ckpt, "last.ckpt"), (ckpt.parent / "notes", "notes.json")]:
+        message = rf"output: .*{re.escape(refused)} already exists and is not an earlier output"
+        with pytest.raises(ConfigError, match=message):
+            export_model(make_config([*base, f"output={output}"], "export.yaml"))
+    assert ckpt.read_bytes() == best_checkpoint(trained_run).read_bytes()
+    assert json.loads((ckpt.parent / "notes.json").read_text()) == {"mine": True}
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["last.ckpt", "notes.json"]
+    for _ in range(2):  # the same command again: its own earlier export is replaced
+        export_model(make_config([*base, f"output={tmp_path / 'again.pt'}"], "export.yaml"))
+    assert json.loads((tmp_path / "again.json").read_text())["file"] == "again.pt"
+
+
+def test_the_json_holds_the_networks_class_and_keyword_arguments_only() -> None:
+    """Hydra's call keys are left out; a config that keyword arguments cannot describe stops a state_dict export
+    (its weights could not be loaded from the .json), and is recorded as it is beside an onnx model."""
+    config = {"_target_": "my.Net", "_convert_": "all", "width": 8, "block": {"_target_": "my.Block", "depth": 2}}
+    assert export.constructor({**config, "block": None}, "state_dict") == ("my.Net", {"width": 8, "block": None})
+    with pytest.raises(ConfigError, match=r"format=state_dict: model\.net\.block cannot be written as a keyword"):
+        export.constructor(config, "state_dict")
+    assert export.constructor(config, "onnx")[1]["block"] == config["block"]
 
 
 @pytest.mark.slow

@@ -263,6 +263,26 @@ def test_in_process_predictions_go_to_a_given_folder(trained_run: Path, make_con
     assert list(rows[0]) == ["file", "class_1", "prob_1", "class_2", "prob_2"]
 
 
+def test_predictions_replace_earlier_predictions_but_no_other_file(
+    trained_run: Path, make_config, tmp_path: Path
+) -> None:
+    """An exported model at `output=` stays as it is; the CSV of an earlier prediction is replaced (the same command
+    run again), and `output=<new folder>/` is a folder, not a file named like it."""
+    np.savez(tmp_path / "two.npz", images=run_test_images(trained_run, 2).permute(0, 2, 3, 1).numpy())
+    model = tmp_path / "x" / "model.torchscript.pt"
+    model.parent.mkdir()
+    model.write_bytes(b"an exported model")
+    base = [f"ckpt_path={best_checkpoint(trained_run)}", f"input={tmp_path / 'two.npz'}", "device=cpu"]
+    with pytest.raises(ConfigError, match=r"output: .*model\.torchscript\.pt already exists and is not an earlier"):
+        predict_images(make_config([*base, f"output={model}"], "predict.yaml"))
+    assert model.read_bytes() == b"an exported model"
+    for top_k in (5, 2):  # a CSV of other columns is still an earlier prediction
+        predict_images(make_config([*base, f"output={tmp_path / 'mine.csv'}", f"top_k={top_k}"], "predict.yaml"))
+    assert list(read_csv(tmp_path / "mine.csv")[0]) == ["file", "class_1", "prob_1", "class_2", "prob_2"]
+    predict_images(make_config([*base, f"output={tmp_path / 'new'}/"], "predict.yaml"))
+    assert len(read_csv(tmp_path / "new" / PREDICTIONS_FILE)) == 2
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_predictions_on_a_gpu_match_the_cpus(trained_run: Path, make_config, tmp_path: Path) -> None:

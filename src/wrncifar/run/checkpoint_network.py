@@ -10,7 +10,8 @@ shape.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,16 +85,41 @@ def launch_path(given: str) -> Path:
     return Path(HydraConfig.get().runtime.cwd) / path
 
 
-def output_file(given: str | None, run_folder: Path, name: str) -> Path:
-    """Where a command's output file goes: `given` (a folder gets `name` inside it; missing parent folders are
-    made), else `run_folder / name`."""
+def output_file(given: str | None, run_folder: Path, name: str, replaceable: Callable[[Path], bool]) -> Path:
+    """Where a command's output file goes: `given`, else `run_folder / name`. A `given` folder (one that exists, or
+    any path ending in `/`, which is made) gets `name` inside it; missing parent folders are made.
+
+    ConfigError for a `given` folder that is a file, and (`refuse_to_replace`) for a file already there that
+    `replaceable` does not recognise as this command's own earlier output."""
     if not given:
         return run_folder / name
     path = launch_path(given)
-    if path.is_dir():
-        return path / name
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Path() drops a trailing slash, so `output=new_folder/` is read here, before it is lost.
+    if path.is_dir() or os.path.basename(given) in ("", ".", ".."):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"output={given} names a folder, but {path} is a file: give a folder, or a file name")
+        path = path / name
+    refuse_to_replace(path, replaceable)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"output={given}: the folder {path.parent} cannot be made ({err.strerror})") from err
     return path
+
+
+def refuse_to_replace(path: Path, replaceable: Callable[[Path], bool]) -> None:
+    """ConfigError when `path` exists and `replaceable(path)` does not recognise it as an earlier output of the
+    same command: a file of the user's own (an exported model, a checkpoint, a photo) is never silently replaced.
+    An earlier output is replaced, and the log says so, so that a command can be run again as it was typed."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if path.is_file() and not path.is_symlink() and replaceable(path):
+        log.info("Replacing %s, written by an earlier run of this command", path)
+        return
+    raise ConfigError(
+        f"output: {path} already exists and is not an earlier output of this command, so it was left as it is: "
+        "remove it, or give another file or folder with output=…"
+    )
 
 
 def load_checkpoint_network(cfg: DictConfig, settings: Mapping[str, Any], example: str) -> CheckpointNetwork:

@@ -4,13 +4,16 @@
   at opset `opset` (18 by default), one input `images` with a dynamic batch axis, one output `logits`.
 - `torchscript`: `torch.jit.trace` of the same module; any batch size.
 - `state_dict`: the network's own weights with the plain `WideResNet` names (no `net.` prefix), as the seed's code
-  saves them: `net.load_state_dict(torch.load(path))` into the network `model.net` builds.
+  saves them: `net.load_state_dict(torch.load(path))` into `get_class(net_class)(**net)`, both from the `.json`.
 
 `input=uint8` (the default) exports `Uint8ImageClassifier`: uint8 images N×3×S×S (NCHW, RGB, 0–255; S = 32 for
 CIFAR) in, the normalisation of the checkpoint's data config inside. `input=normalized` takes float32 images already
 normalised. Either way it returns the logits N×C. Beside the model, `<name>.json` records the input it takes, the
-image size, mean, std, class names and the network config. Each exported file is loaded back (onnxruntime,
-`torch.jit.load`, a strict `load_state_dict`) and its logits compared with the checkpoint's before the command ends.
+image size, mean, std, class names and the network: its class (`net_class`) and constructor arguments (`net`, a plain
+keyword dict, not Hydra's config, so that a fresh Python session builds it without Hydra's `instantiate`). Each
+exported file is loaded back (onnxruntime, `torch.jit.load`, a strict `load_state_dict` into the network the `.json`
+describes) and its logits compared with the checkpoint's before the command ends. An existing file at `output` is
+replaced only when it is an earlier export (its `.json` beside it says so).
 """
 
 from __future__ import annotations
@@ -22,14 +25,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class
 from omegaconf import DictConfig
 from torch import nn
 from torch.torch_version import TorchVersion
 
 from wrncifar.analysis.output_files import write_file
 from wrncifar.models.uint8_images import Uint8ImageClassifier
-from wrncifar.run.checkpoint_network import CheckpointNetwork, load_checkpoint_network, output_file
+from wrncifar.run.checkpoint_network import CheckpointNetwork, load_checkpoint_network, output_file, refuse_to_replace
 from wrncifar.run.config_validation import ConfigError
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,11 @@ TOLERANCE = 1e-3
 MIN_OPSET = 18  # the oldest the dynamo-based exporter writes (it converts to older ones unreliably)
 ONNX_MIN_TORCH = "2.6"  # torch.onnx.export(dynamo=True, dynamic_shapes=…) returning an ONNXProgram
 CHECK_BATCH = 5  # not the traced batch (2), so the check also covers the dynamic batch axis
+# Hydra's keys in a `model.net` config that say how to call the class, not what to call it with.
+HYDRA_CALL_KEYS = ("_target_", "_convert_", "_recursive_")
+# Keys every `.json` this module writes has: how an earlier export is told from a file of the user's own.
+DESCRIPTION_KEYS = ("file", "format", "ckpt_path", "max_abs_logit_difference")
+DESCRIPTION_MAX_BYTES = 1 << 20  # a description is a few kB; a larger .json is not one
 
 
 class ExportCheckError(RuntimeError):
@@ -68,9 +76,12 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
             "format=state_dict holds the network's weights only: it takes normalised images (input= applies to "
             "onnx and torchscript); mean and std are in the .json beside it"
         )
-    out = output_file(cfg.get("output"), Path(cfg.paths.output_dir), FILE_NAMES[fmt])
+    net_class, net_arguments = constructor(loaded.net_config, fmt)
+    out = output_file(cfg.get("output"), Path(cfg.paths.output_dir), FILE_NAMES[fmt], earlier_export)
     if out.suffix == ".json":
         raise ConfigError(f"output={out}: the model's description is written to <name>.json; name the model otherwise")
+    json_path = out.with_suffix(".json")
+    refuse_to_replace(json_path, lambda path: description_file(path) is not None)
     module = Uint8ImageClassifier(loaded.net, loaded.images.mean, loaded.images.std, normalize=kind == "uint8").eval()
 
     example = example_images(kind, loaded, 2)
@@ -83,19 +94,58 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
             save_torchscript(module, example, tmp)
         else:
             torch.save(dict(loaded.net.state_dict()), tmp)
-        differences.append(check_export(fmt, tmp, module, kind, loaded))
+        differences.append(check_export(fmt, tmp, module, kind, loaded, net_class, net_arguments))
 
     write_file(out, write_checked)
     difference = differences[0]
 
-    description = describe(fmt, kind, loaded, onnx_opset(out) if fmt == "onnx" else None, difference, out)
-    json_path = out.with_suffix(".json")
+    opset = onnx_opset(out) if fmt == "onnx" else None
+    description = describe(fmt, kind, loaded, (net_class, net_arguments), opset, difference, out)
     write_file(json_path, lambda tmp: tmp.write_text(json.dumps(description, indent=2) + "\n"))
     log.info(
         "Exported %s (%s, input %s) to %s; its logits match the checkpoint's within %.2g; described in %s",
         loaded.ckpt_path.name, fmt, kind, out, difference, json_path,
     )  # fmt: skip
     return description
+
+
+def constructor(net_config: dict[str, Any], fmt: Format) -> tuple[str, dict[str, Any]]:
+    """The class `model.net` names and its keyword arguments, as the `.json` records them. ConfigError for
+    `format=state_dict` when the config is more than a class and keyword arguments (positional `_args_`, a nested
+    `_target_`): the weights alone would then not say how to build the network they fit."""
+    arguments = {key: value for key, value in net_config.items() if key not in HYDRA_CALL_KEYS}
+    unwritable = [key for key, value in arguments.items() if key.startswith("_") or nested_target(value)]
+    if fmt == "state_dict" and unwritable:
+        raise ConfigError(
+            f"format=state_dict: model.net.{unwritable[0]} cannot be written as a keyword argument in the .json, so "
+            "the weights could not be loaded without this config: export format=onnx or torchscript, which hold the "
+            "whole network"
+        )
+    return str(net_config["_target_"]), arguments
+
+
+def nested_target(value: Any) -> bool:
+    """Whether `value` holds a Hydra config of its own (a `_target_` anywhere inside it)."""
+    if isinstance(value, dict):
+        return "_target_" in value or any(nested_target(v) for v in value.values())
+    return isinstance(value, list) and any(nested_target(v) for v in value)
+
+
+def description_file(path: Path) -> dict[str, Any] | None:
+    """The `.json` at `path` when it is one this module wrote (it has `DESCRIPTION_KEYS`), else None."""
+    try:
+        if path.stat().st_size > DESCRIPTION_MAX_BYTES:
+            return None
+        description = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return description if isinstance(description, dict) and all(k in description for k in DESCRIPTION_KEYS) else None
+
+
+def earlier_export(path: Path) -> bool:
+    """Whether the file at `path` is a model this module exported: its `.json` beside it describes it."""
+    description = description_file(path.with_suffix(".json"))
+    return description is not None and description["file"] == path.name
 
 
 def example_images(kind: InputKind, loaded: CheckpointNetwork, batch: int, seed: int = 0) -> torch.Tensor:
@@ -110,13 +160,22 @@ def example_images(kind: InputKind, loaded: CheckpointNetwork, batch: int, seed:
     return (images.float() / 255.0 - mean) / std
 
 
-def check_export(fmt: Format, path: Path, module: nn.Module, kind: InputKind, loaded: CheckpointNetwork) -> float:
+def check_export(
+    fmt: Format,
+    path: Path,
+    module: nn.Module,
+    kind: InputKind,
+    loaded: CheckpointNetwork,
+    net_class: str,
+    net_arguments: dict[str, Any],
+) -> float:
     """The largest difference between the logits of the exported file at `path` and those of `module` on a batch
     of random images; ExportCheckError when it is more than float rounding."""
     images = example_images(kind, loaded, CHECK_BATCH, seed=1)
     with torch.inference_mode():
         expected = module(images)
-    difference = float((exported_logits(fmt, path, images, loaded.net_config) - expected).abs().max())
+    logits = exported_logits(fmt, path, images, net_class, net_arguments)
+    difference = float((logits - expected).abs().max())
     allowed = TOLERANCE * max(1.0, float(expected.abs().max()))
     if difference > allowed:
         raise ExportCheckError(
@@ -178,8 +237,11 @@ def save_torchscript(module: nn.Module, example: torch.Tensor, out: Path) -> Non
     traced.save(str(out))
 
 
-def exported_logits(fmt: Format, path: Path, images: torch.Tensor, net_config: dict[str, Any]) -> torch.Tensor:
-    """The logits of the exported file at `path` on `images`, loaded the way a user would load it."""
+def exported_logits(
+    fmt: Format, path: Path, images: torch.Tensor, net_class: str, net_arguments: dict[str, Any]
+) -> torch.Tensor:
+    """The logits of the exported file at `path` on `images`, loaded the way a user would load it (a state_dict
+    into the network the `.json` describes, as the README's recipe builds it)."""
     if fmt == "onnx":
         try:
             import onnxruntime
@@ -196,19 +258,20 @@ def exported_logits(fmt: Format, path: Path, images: torch.Tensor, net_config: d
             loaded = torch.jit.load(str(path), map_location="cpu")
         with torch.inference_mode():
             return loaded(images)
-    net = plain_network(net_config)
+    net = get_class(net_class)(**net_arguments)
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     with torch.inference_mode():
         return net.eval()(images)
 
 
-def plain_network(net_config: dict[str, Any]) -> nn.Module:
-    """A new network as `model.net` describes it (a config checked against the project's targets when adopted)."""
-    return instantiate(net_config, _convert_="all")
-
-
 def describe(
-    fmt: Format, kind: InputKind, loaded: CheckpointNetwork, opset: int | None, difference: float, out: Path
+    fmt: Format,
+    kind: InputKind,
+    loaded: CheckpointNetwork,
+    net: tuple[str, dict[str, Any]],
+    opset: int | None,
+    difference: float,
+    out: Path,
 ) -> dict[str, Any]:
     """The `.json` beside the exported model: what it takes and returns, and where it came from."""
     size = loaded.images.size
@@ -229,7 +292,8 @@ def describe(
         "mean": list(loaded.images.mean),
         "std": list(loaded.images.std),
         "classes": list(loaded.classes),
-        "net": loaded.net_config,
+        "net_class": net[0],
+        "net": net[1],
         "ckpt_path": str(loaded.ckpt_path),
         "torch": torch.__version__,
         "opset": opset,

@@ -4,7 +4,8 @@ The images are read and fitted to the network's input as `analysis/image_inputs.
 to 32, centre crop, RGB), normalised inside `Uint8ImageClassifier` as the checkpoint's data config does, and
 classified in batches on the chosen device, optionally with horizontal-flip TTA (the probabilities of each image and
 its mirror image averaged). `predictions.csv` gets one row per image: its name and the top-k classes with their
-probabilities; the first rows are printed as a table.
+probabilities; the first rows are printed as a table. An existing file at `output` is replaced only when it is such
+a CSV, written by an earlier prediction.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from wrncifar.run.config_validation import ConfigError
 log = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.csv"
+HEADER_START = b"file,class_1,prob_1"  # how every predictions CSV begins, whatever its top_k
 # The top-level keys of predict.yaml and their types (checked before anything is built).
 PREDICT_SETTINGS: dict[str, Any] = {
     "input": str,
@@ -59,6 +61,8 @@ def predict_images(cfg: DictConfig) -> dict[str, int]:
     except ImageInputError as err:
         raise ConfigError(str(err)) from err
     describe_inputs(inputs, loaded.images.size)
+    # Once there is something to write, before the predictions: a refused output should not wait for them.
+    out = output_file(cfg.get("output"), Path(cfg.paths.output_dir), PREDICTIONS_FILE, earlier_predictions)
 
     model = Uint8ImageClassifier(loaded.net, loaded.images.mean, loaded.images.std).to(device)
     tta: TTA = cfg.tta
@@ -69,7 +73,6 @@ def predict_images(cfg: DictConfig) -> dict[str, int]:
         (name, [(loaded.classes[i], p) for i, p in zip(idx.tolist(), prob.tolist(), strict=True)])
         for name, idx, prob in zip(inputs.names, indices, probs, strict=True)
     ]
-    out = output_file(cfg.get("output"), Path(cfg.paths.output_dir), PREDICTIONS_FILE)
     write_predictions(out, rows, top_k)
     print(prediction_table(rows, len(inputs.problems)), flush=True)
     log.info(
@@ -114,6 +117,15 @@ def write_predictions(path: Path, rows: list[tuple[str, list[tuple[str, float]]]
                 writer.writerow([name] + [value for cls, p in top for value in (cls, f"{p:.6f}")])
 
     return write_file(path, write)
+
+
+def earlier_predictions(path: Path) -> bool:
+    """Whether the file at `path` is a predictions CSV (`write_predictions`'s header), which may be replaced."""
+    try:
+        with path.open("rb") as f:
+            return f.read(len(HEADER_START)) == HEADER_START
+    except OSError:
+        return False
 
 
 def prediction_table(rows: list[tuple[str, list[tuple[str, float]]]], skipped: int) -> str:
