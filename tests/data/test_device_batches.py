@@ -223,6 +223,24 @@ def test_state_taken_mid_epoch_resumes_with_the_remaining_batches() -> None:
     assert_same_batches(epoch(resumed, 3), epoch(loader(50, seed=3), 3))
 
 
+@pytest.mark.parametrize(("new_batch_size", "sizes"), [(5, [5, 5, 5, 5, 5, 1]), (16, [16, 10])])
+def test_a_resume_with_another_batch_size_trains_the_rest_of_the_epoch_once(new_batch_size: int, sizes: list) -> None:
+    """3 batches of 8 served: the resumed loader goes on from the 25th image of the epoch's order, whatever the new
+    batch size, each image with the crop and flip the epoch drew for it."""
+    interrupted = loader(50, batch_size=8, seed=3)
+    interrupted.sampler.set_epoch(2)
+    served = iter(interrupted)
+    for _ in range(3):
+        next(served)
+    resumed = loader(50, batch_size=new_batch_size, seed=99)
+    resumed.load_state_dict(interrupted.state_dict())
+    remaining = epoch(resumed, 2)
+    whole = epoch(loader(50, batch_size=50, seed=3), 2)
+    assert [len(labels) for _, labels in remaining] == sizes
+    assert torch.equal(labels_of(remaining), labels_of(whole)[24:])
+    assert torch.equal(torch.cat([images for images, _ in remaining]), whole[0][0][24:])
+
+
 def test_state_taken_after_a_whole_epoch_resumes_at_the_start_of_the_next() -> None:
     finished = loader(50, seed=3)
     epoch(finished, 2)

@@ -204,7 +204,8 @@ class DeviceBatches:
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = -mean_t / std_t
         self.position = 0  # batches served in the current epoch
-        self._resume_position: int | None = None
+        self.served = 0  # and the images of this process they held
+        self._resume_at: int | None = None  # the image of the epoch's order (this process's share) to resume at
 
     @property
     def samples_per_rank(self) -> int:
@@ -213,20 +214,22 @@ class DeviceBatches:
         return n // self.world_size if self.train else len(range(self.rank, n, self.world_size))
 
     def __len__(self) -> int:
-        n = self.samples_per_rank
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return self._batches(self.samples_per_rank)
+
+    def _batches(self, images: int) -> int:
+        return images // self.batch_size if self.drop_last else -(-images // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         # A generator: its body runs at the first next(), after Lightning's set_epoch of this epoch.
-        start, self._resume_position = self._resume_position or 0, None
-        self.position = start
+        start, self._resume_at = self._resume_at or 0, None
+        self.position, self.served = 0, start
         draw = self.sampler.draw(len(self.labels), self.images.device)
         per_rank = self.samples_per_rank
         mine = slice(self.rank, self.rank + per_rank * self.world_size, self.world_size)
         order, dy, dx, flip = draw.order[mine], draw.dy[mine], draw.dx[mine], draw.flip[mine]
         cutout_y, cutout_x = draw.cutout_y[mine], draw.cutout_x[mine]
-        for step in range(start, len(self)):
-            take = slice(step * self.batch_size, (step + 1) * self.batch_size)
+        for step in range(self._batches(per_rank - start)):
+            take = slice(start + step * self.batch_size, start + (step + 1) * self.batch_size)
             index = order[take]
             images = self.images[index]
             if self.train and (self.sampler.crop_padding or self.sampler.flip):
@@ -234,21 +237,29 @@ class DeviceBatches:
                     images, self.sampler.crop_padding, dy[take], dx[take], flip[take], self.crop_padding_mode
                 )
             # Counted before the yield: a checkpoint taken while this batch trains resumes after it.
-            self.position = step + 1
+            self.position, self.served = step + 1, min(take.stop, per_rank)
             images = images.float().mul_(self.scale).add_(self.shift)
             if self.sampler.cutout:
                 images = cutout(images, self.sampler.cutout, cutout_y[take], cutout_x[take])
             yield images, self.labels[index]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.sampler.seed, "epoch": self.sampler.epoch, "position": self.position}
+        return {
+            "seed": self.sampler.seed,
+            "epoch": self.sampler.epoch,
+            "position": self.position,
+            "served": self.served,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the epoch of `state` after the images it had served, in batches of this loader's size: a run
+        resumed with another `batch_size` trains the rest of the interrupted epoch's images once each. (A state
+        from before `served` was saved counts its batches at this size.)"""
         self.sampler.seed = int(state["seed"])
         self.sampler.epoch = int(state["epoch"])
-        position = int(state["position"])
+        served = int(state.get("served", int(state["position"]) * self.batch_size))
         # A checkpoint taken at the end of an epoch resumes at the start of the next one.
-        self._resume_position = position if position < len(self) else None
+        self._resume_at = served if self._batches(self.samples_per_rank - served) > 0 else None
 
 
 class DeviceMemoryError(RuntimeError):
