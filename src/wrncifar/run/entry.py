@@ -88,7 +88,12 @@ def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
         if getattr(err, "requeued", False):
             log.warning("Stopped by %s; the SLURM job is requeued and continues in %s", name, folder)
         elif not getattr(err, "saved", True):
-            log.warning("Stopped by %s before training started: nothing was saved; run the same command again", name)
+            log.warning(
+                "Stopped by %s before training started: nothing was saved; run the same command again (with a "
+                "hydra.run.dir of its own if it gave one: the loggers may have started files in %s)",
+                name,
+                folder,
+            )
         else:
             log.warning("Stopped by %s; resume with resume=%s", name, folder)
         raise SystemExit(128 + signum) from err
