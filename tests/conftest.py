@@ -287,7 +287,7 @@ def best_checkpoint(run_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def evaluated_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The output folder of `python src/eval.py eval.tta=flip` on `trained_run`'s best checkpoint: its
-    `test_metrics.json`, and the evaluation report in `report/`."""
+    `test_metrics.json`, the evaluation report in `report/`, and what the command printed in `console.txt`."""
     eval_dir = tmp_path_factory.mktemp("eval")
     args = [
         f"ckpt_path={best_checkpoint(trained_run)}",
@@ -298,6 +298,7 @@ def evaluated_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -
     ]
     result = run_entry("eval.py", args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (eval_dir / "console.txt").write_text(result.stdout + result.stderr)  # what the command printed
     return eval_dir
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -43,6 +44,15 @@ def test_eval_writes_the_report_json_predictions_and_plots_with_flip_tta_beside_
     report = read_report(report_dir)
     assert report["tta"] == "flip" and list(report["results"]) == ["plain", "flip"]
     assert report["data"]["_target_"].endswith("SyntheticCIFAR100DataModule")
+
+
+@pytest.mark.slow
+def test_eval_prints_plain_progress_to_a_file_and_no_warning_about_the_training_checkpoint_folder(
+    evaluated_run: Path,
+) -> None:
+    printed = (evaluated_run / "console.txt").read_text()
+    assert "The dirpath has changed" not in printed  # a checkpoint callback restored from training's state
+    assert not re.search(r"Testing\S* +━", printed)  # no Rich bar frames where the console is a file
 
 
 @pytest.mark.slow

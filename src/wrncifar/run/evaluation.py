@@ -17,6 +17,7 @@ from wrncifar.analysis.evaluation_report import build_report, write_report
 from wrncifar.analysis.output_files import output_folder
 from wrncifar.analysis.predictions import TTA, predict
 from wrncifar.analysis.report_plots import save_report_plots
+from wrncifar.callbacks.progress_bar import console_progress
 from wrncifar.run.checkpoints import (
     check_compatible,
     is_lightning_checkpoint,
@@ -75,7 +76,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule: LightningDataModule = instantiate(cfg.data)
     model: LightningModule = instantiate(cfg.model)
     check_num_classes(model, datamodule)
-    trainer: Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False)
+    # The console's progress as in training (plain lines where the console is a file); no checkpoint callback,
+    # whose state restored from a training checkpoint only warns about the folder it was saved in.
+    trainer: Trainer = instantiate(
+        cfg.trainer,
+        logger=instantiate_group(cfg.get("logger")) or False,
+        callbacks=[console_progress()],
+        enable_checkpointing=False,
+    )
     if settings.report and trainer.world_size > 1:
         raise ConfigError(
             f"the evaluation report runs in one process, but the trainer has {trainer.world_size}: "
