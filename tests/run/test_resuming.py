@@ -22,6 +22,7 @@ from tests.conftest import (
     HANG_TIMEOUT_S,
     ROOT,
     TINY_SYNTHETIC,
+    TRAINED_EPOCHS,
     last_logged,
     read_metrics,
     run_entry,
@@ -411,16 +412,18 @@ def test_a_run_that_is_still_running_cannot_be_resumed(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_resume_that_stops_before_training_leaves_the_logged_history_as_it_was(tmp_path: Path) -> None:
+def test_a_resume_that_stops_before_training_leaves_the_logged_history_as_it_was(
+    trained_run: Path, tmp_path: Path
+) -> None:
     """The rows a resumed run logs again are dropped when it logs its first metrics, not when it starts: a resume
     refused before training (here: more CPU processes than cores) keeps the finished run's test row."""
     run_dir = tmp_path / "run"
-    first = run_entry("train.py", [*FEW_IMAGES, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"])
-    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.copytree(trained_run, run_dir)
     history = (run_dir / "csv" / "metrics.csv").read_text()
     assert "test/acc" in history.splitlines()[0]
     refused = run_entry(
-        "train.py", [f"resume={run_dir}", "trainer.max_epochs=2", "trainer=ddp_cpu", "trainer.devices=99"]
+        "train.py",
+        [f"resume={run_dir}", f"trainer.max_epochs={TRAINED_EPOCHS + 1}", "trainer=ddp_cpu", "trainer.devices=99"],
     )
     assert refused.returncode == 1 and "starts 99 CPU processes" in refused.stdout + refused.stderr
     assert (run_dir / "csv" / "metrics.csv").read_text() == history
