@@ -27,6 +27,7 @@ from tests.conftest import (
     read_metrics,
     run_entry,
 )
+from wrncifar.callbacks.checkpoint_on_signal import TORCHRUN_LAUNCH_KEY
 from wrncifar.run.checkpoints import CheckpointError, load_checkpoint
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.folder_lock import check_folder_free
@@ -50,10 +51,11 @@ def _as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_entry(args: list[str]) -> subprocess.Popen:
+def start_entry(args: list[str], launcher: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`python [launcher…] src/train.py args…` in the background."""
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "src" / "train.py"), *args],
+        [sys.executable, *launcher, str(ROOT / "src" / "train.py"), *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -207,6 +209,25 @@ def test_run_killed_mid_epoch_resumes_to_the_same_weights_and_metrics(tmp_path, 
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_training(run_dir, reference)
     assert (run_dir / "csv" / "metrics.csv").is_file()  # the same run folder and CSV log, appended to
+
+
+@pytest.mark.slow
+def test_a_process_torchrun_restarts_continues_its_run_from_its_furthest_checkpoint(tmp_path, reference) -> None:
+    """`torchrun --max-restarts`: the process killed mid-run is started again by torchrun, with the same command
+    line into the same folder, and ends as the uninterrupted run."""
+    run_dir = tmp_path / "run"
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "--max-restarts=1")
+    process = start_entry([*RESUMABLE, f"hydra.run.dir={run_dir}"], launcher=torchrun)
+    step = wait_for_checkpoint_after(process, run_dir, step=7)
+    worker = int((run_dir / ".run.lock").read_text().split()[1])  # the training process, which holds the folder
+    os.kill(worker, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=HANG_TIMEOUT_S)
+    assert process.returncode == 0, stderr[-3000:]
+    assert 0 < step < TOTAL_STEPS, "the run was killed before it finished"
+    log = (run_dir / "train.log").read_text()
+    assert f"torchrun started the run's processes again (restart 1 of 1): resuming {run_dir}" in log
+    assert_same_training(run_dir, reference)
+    assert re.fullmatch(r"[0-9a-f-]{36}", final_state(run_dir)[TORCHRUN_LAUNCH_KEY])  # --standalone's run id
 
 
 @pytest.mark.slow
@@ -463,7 +484,7 @@ def test_a_slurm_job_requeued_after_its_training_ended_only_tests(tmp_path) -> N
     out = again.stdout + again.stderr
     # Exit 0 also says the optimized metric (val/acc_best, restored: nothing was validated) was there to return.
     assert again.returncode == 0, out[-3000:]
-    assert "SLURM job 4242 was requeued after its training had ended (2 epochs" in out
+    assert "SLURM job 4242 was requeued (restart 1) after its training had ended (2 epochs" in out
     assert re.search(r"Testing the best checkpoint: .*/checkpoints/epoch", out)
     assert "already trained" not in out and "Traceback" not in out
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == trained["global_step"]
@@ -472,6 +493,20 @@ def test_a_slurm_job_requeued_after_its_training_ended_only_tests(tmp_path) -> N
     # Another job's checkpoint, or no requeue at all, is still a finished run to refuse.
     refused = run_entry("train.py", [f"resume={run_dir}"], env={"SLURM_JOB_ID": "9", "SLURM_RESTART_COUNT": "1"})
     assert refused.returncode == 1 and "already trained 2 epochs" in refused.stdout + refused.stderr
+
+
+def test_a_torchrun_restart_after_training_ended_tests_only_a_run_of_its_own(monkeypatch, tmp_path) -> None:
+    """A torchrun process that failed in the test is started again: the finished run it saved is tested, not
+    refused; a finished run another command saved is refused as before."""
+    for name, value in [("TORCHELASTIC_RUN_ID", "4e1d"), ("TORCHELASTIC_RESTART_COUNT", "1")]:
+        monkeypatch.setenv(name, value)
+    loops = {"fit_loop": {"epoch_progress": {"current": {"processed": 2}}}}
+    finished = {"global_step": 30, "loops": loops, TORCHRUN_LAUNCH_KEY: "4e1d"}
+    path = tmp_path / "last.ckpt"
+    assert check_not_finished(finished, path, max_epochs=2, max_steps=-1)
+    for other in [{**finished, TORCHRUN_LAUNCH_KEY: "77aa"}, {"global_step": 30, "loops": loops}]:
+        with pytest.raises(ConfigError, match="has already trained 2 epochs"):
+            check_not_finished(other, path, max_epochs=2, max_steps=-1)
 
 
 def test_resume_and_ckpt_path_together_are_refused(make_config, tmp_path) -> None:

@@ -104,6 +104,11 @@ def test_a_new_run_in_a_folder_that_holds_a_run_is_refused_and_the_run_kept(trai
     assert f"Error: hydra.run.dir={run_dir} already holds a run (" in again.stderr
     assert f"continue it with resume={run_dir}" in again.stderr and "Traceback" not in again.stderr
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before, "nothing of the run changed"
+    # torchrun --max-restarts starts a refused command again: its restart is no more its own run's than it was.
+    restarted = {"TORCHELASTIC_RUN_ID": "4e1d", "TORCHELASTIC_RESTART_COUNT": "1", "TORCHELASTIC_MAX_RESTARTS": "3"}
+    again = run_entry("train.py", [*FEW_IMAGES, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"], env=restarted)
+    assert again.returncode == 1 and f"Error: hydra.run.dir={run_dir} already holds a run (" in again.stderr
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before, "nothing of the run changed"
 
 
 @pytest.mark.slow

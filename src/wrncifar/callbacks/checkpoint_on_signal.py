@@ -16,11 +16,15 @@ from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompo
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from wrncifar.callbacks.early_signals import early_signal, forget_early_signal, is_early_signals_handler
+from wrncifar.run.folder_lock import torchrun_launch
 
 log = logging.getLogger(__name__)
 
 # The checkpoint key naming the SLURM job that saved it: a requeued job resumes only from its own checkpoints.
 SLURM_JOB_KEY = "slurm_job"
+# The checkpoint key naming the torchrun command that saved it (`torchrun_launch`): its restarted processes check
+# that a finished run they find is their own.
+TORCHRUN_LAUNCH_KEY = "torchrun_launch"
 
 
 def slurm_job() -> str | None:
@@ -99,9 +103,11 @@ class CheckpointOnSignal(Callback):
             raise SIGTERMException
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        job = slurm_job()
+        job, launch = slurm_job(), torchrun_launch()
         if job:
             checkpoint[SLURM_JOB_KEY] = job
+        if launch:
+            checkpoint[TORCHRUN_LAUNCH_KEY] = launch
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):

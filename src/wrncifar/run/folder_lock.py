@@ -37,7 +37,8 @@ def hold_run_folder(run_dir: str | Path) -> Iterator[None]:
         except OSError as err:  # a filesystem without locks (some network mounts): run unguarded, and say so
             log.warning("Cannot lock %s (%s): another process could use the same folder unnoticed", path, err)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.uname().nodename} {os.getpid()}\n".encode())
+        launch = torchrun_launch()
+        os.write(fd, f"{os.uname().nodename} {os.getpid()}\n{f'launch {launch}' if launch else ''}\n".encode())
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -53,6 +54,33 @@ def launching_process() -> bool:
     of a distributed launch; not a process a launcher started for another rank or node, which runs the same
     command line into the folder rank 0 holds."""
     return all(os.environ.get(name, "0").strip() in ("0", "") for name in RANK_VARIABLES)
+
+
+def torchrun_restarts() -> int:
+    """How many times torchrun has started this command's processes again after one failed (`--max-restarts`); 0
+    in its first start and outside torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+
+
+def torchrun_launch() -> str | None:
+    """The torchrun command this process was started by, the same in each restart of its processes: its run id
+    (`--rdzv-id`; a new one per command with `--standalone`) or, without one (`none`), the host and process of the
+    torchrun agent that starts this node's processes; None outside torchrun."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id is None:
+        return None
+    return run_id if run_id != "none" else f"{os.uname().nodename}:{os.getppid()}"
+
+
+def held_by_this_launch(run_dir: Path) -> bool:
+    """Whether `run_dir`'s lock was last held by an earlier start of this torchrun command (`torchrun_launch`):
+    the folder is this command's own, and its restarted processes continue in it."""
+    launch = torchrun_launch()
+    try:
+        lines = (run_dir / LOCK_FILE).read_text(errors="replace").splitlines()
+    except OSError:
+        return False
+    return launch is not None and f"launch {launch}" in lines[1:]
 
 
 def check_folder_free(run_dir: Path) -> None:
@@ -73,7 +101,7 @@ def check_folder_free(run_dir: Path) -> None:
 
 
 def _in_use_message(run_dir: Path, fd: int) -> str:
-    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+    holder = os.pread(fd, 200, 0).decode(errors="replace").split("\n")[0].strip() or "unknown"
     host, _, pid = holder.partition(" ")
     return (
         f"{run_dir} is in use by a run that is still running (process {pid or '?'} on {host}): wait for it to end "

@@ -11,10 +11,10 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, open_dict
 
-from wrncifar.callbacks.checkpoint_on_signal import SLURM_JOB_KEY, slurm_job
+from wrncifar.callbacks.checkpoint_on_signal import SLURM_JOB_KEY, TORCHRUN_LAUNCH_KEY, slurm_job
 from wrncifar.run.checkpoints import CheckpointError, furthest_valid_checkpoint, load_checkpoint, run_folder_of
 from wrncifar.run.config_validation import ConfigError
-from wrncifar.run.folder_lock import check_folder_free, launching_process
+from wrncifar.run.folder_lock import check_folder_free, launching_process, torchrun_launch, torchrun_restarts
 from wrncifar.run.trusted_targets import check_override_targets
 
 log = logging.getLogger(__name__)
@@ -123,45 +123,60 @@ def restore_run_config(run_dir: Path) -> None:
     log.info("The run's config in %s is the one of its checkpoints again: this command trained nothing", run_dir)
 
 
-def restarts() -> int:
+def slurm_restarts() -> int:
     """How many times SLURM has requeued this job (0 outside SLURM and in a job's first start)."""
     return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
-def resume_requeued_slurm_job(cfg: DictConfig) -> None:
-    """A SLURM job started again by a requeue (SLURM_RESTART_COUNT > 0: preempted, or stopped by SIGUSR1 before
-    its time limit) continues from the furthest checkpoint it saved in its run folder, as `resume=<run folder>`
-    would: `cfg.resume` is set to the folder, and `ckpt_path` and `init_from`, where the job first started from,
-    give way. With `resume=` in its command, the command already says where to continue.
-
-    Only the job's own checkpoints count (each records the job that saved it, `SLURM_JOB_KEY`): CheckpointError
-    when the checkpoint it would continue from was saved by another run, which starting over would overwrite. A
-    job that saved nothing yet starts from the beginning.
-    """
+def restarted_by() -> tuple[str, str | None] | None:
+    """Who started this command again, in words, with the SLURM job (`slurm_job`) whose checkpoints it continues
+    from (None: torchrun's, checked by `WritableRunFolder`); None in a first start."""
     job = slurm_job()
-    if restarts() < 1 or job is None or cfg.get("resume"):
+    if slurm_restarts() > 0 and job is not None:
+        return f"SLURM job {job.split(':', 1)[1]} was requeued (restart {slurm_restarts()})", job
+    if torchrun_restarts() > 0:
+        limit = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "?")
+        return f"torchrun started the run's processes again (restart {torchrun_restarts()} of {limit})", None
+    return None
+
+
+def resume_restarted_run(cfg: DictConfig) -> None:
+    """A command its launcher started again continues from the furthest checkpoint it saved in its run folder, as
+    `resume=<run folder>` would: a SLURM job requeued (SLURM_RESTART_COUNT > 0: preempted, or stopped by SIGUSR1
+    before its time limit), or the processes torchrun starts again after one of them failed (`--max-restarts`).
+    `cfg.resume` is set to the folder, and `ckpt_path` and `init_from`, where the run first started from, give way.
+    With `resume=` in its command, the command already says where to continue.
+
+    Only the run's own checkpoints count. A SLURM job's each record the job that saved them (`SLURM_JOB_KEY`):
+    CheckpointError when the checkpoint it would continue from was saved by another run, which starting over would
+    overwrite. torchrun's folder was checked to be its own before (`WritableRunFolder`). A run that saved nothing
+    yet starts again as it first did.
+    """
+    restart = restarted_by()
+    if restart is None or cfg.get("resume"):
         return
+    who, job = restart
     run_dir = Path(cfg.paths.output_dir)
     try:
         furthest = furthest_valid_checkpoint(run_dir / "checkpoints")
     except CheckpointError:
-        log.warning(
-            "SLURM job %s was requeued (restart %d) before it saved a checkpoint in %s: it starts from the "
-            "beginning. (A requeued job finds its checkpoints only in the same folder: hydra.run.dir=…/$SLURM_JOB_ID.)",
-            job.split(":", 1)[1],
-            restarts(),
-            run_dir,
+        hint = (
+            " (A requeued job finds its checkpoints only in the same folder: hydra.run.dir=…/$SLURM_JOB_ID.)"
+            if job
+            else ""
         )
+        log.warning("%s before it saved a checkpoint in %s: it starts again as it first did.%s", who, run_dir, hint)
         return
-    saved_by = load_checkpoint(furthest).get(SLURM_JOB_KEY)
-    if saved_by != job:
-        by = f"SLURM job {saved_by.split(':', 1)[1]}" if saved_by else "a run outside SLURM"
-        raise CheckpointError(
-            f"SLURM job {job.split(':', 1)[1]} was requeued, but the checkpoint it would continue from, {furthest}, "
-            f"was saved by {by}: starting over would overwrite that run. Give each job a folder of its own "
-            "(hydra.run.dir=…/$SLURM_JOB_ID), or continue that run with resume=<its folder>"
-        )
-    log.info("SLURM job %s was requeued (restart %d): resuming %s", job.split(":", 1)[1], restarts(), run_dir)
+    if job is not None:
+        saved_by = load_checkpoint(furthest).get(SLURM_JOB_KEY)
+        if saved_by != job:
+            by = f"SLURM job {saved_by.split(':', 1)[1]}" if saved_by else "a run outside SLURM"
+            raise CheckpointError(
+                f"SLURM job {job.split(':', 1)[1]} was requeued, but the checkpoint it would continue from, "
+                f"{furthest}, was saved by {by}: starting over would overwrite that run. Give each job a folder of "
+                "its own (hydra.run.dir=…/$SLURM_JOB_ID), or continue that run with resume=<its folder>"
+            )
+    log.info("%s: resuming %s", who, run_dir)
     with open_dict(cfg):
         cfg.resume = str(run_dir)
         cfg.ckpt_path = None
@@ -171,8 +186,9 @@ def resume_requeued_slurm_job(cfg: DictConfig) -> None:
 def checkpoint_to_resume(cfg: DictConfig) -> Path | None:
     """The checkpoint `cfg` resumes from, checked to load: `ckpt_path` as given, or with `resume` the furthest
     valid checkpoint of that run (`furthest_valid_checkpoint`: the largest step among those that load); in a
-    requeued SLURM job, its own furthest checkpoint (`resume_requeued_slurm_job`). Sets `cfg.ckpt_path` to it."""
-    resume_requeued_slurm_job(cfg)
+    requeued SLURM job or a torchrun restart, its own furthest checkpoint (`resume_restarted_run`). Sets
+    `cfg.ckpt_path` to it."""
+    resume_restarted_run(cfg)
     if cfg.get("resume") and cfg.get("ckpt_path"):
         raise ConfigError(
             f"resume={cfg.resume} continues that run from its furthest checkpoint, ckpt_path={cfg.ckpt_path} from "
@@ -191,17 +207,23 @@ def checkpoint_to_resume(cfg: DictConfig) -> Path | None:
     return path
 
 
-def requeued_with_own_checkpoint(checkpoint: dict) -> bool:
-    """True in a requeued SLURM job resuming a checkpoint it saved itself (`resume_requeued_slurm_job`)."""
-    job = slurm_job()
-    return restarts() > 0 and job is not None and checkpoint.get(SLURM_JOB_KEY) == job
+def restarted_with_own_checkpoint(checkpoint: dict) -> bool:
+    """True in a command started again by its launcher (`resume_restarted_run`), resuming a checkpoint that an
+    earlier start of the same command saved: the same SLURM job, or the same torchrun command."""
+    restart, launch = restarted_by(), torchrun_launch()
+    if restart is None:
+        return False
+    if restart[1] is not None:
+        return checkpoint.get(SLURM_JOB_KEY) == restart[1]
+    return launch is not None and checkpoint.get(TORCHRUN_LAUNCH_KEY) == launch
 
 
 def check_not_finished(checkpoint: dict, path: Path, max_epochs: int | None, max_steps: int | None) -> bool:
     """ConfigError when the run of `checkpoint` has already trained for `max_epochs` (or `max_steps`): Lightning
     would train nothing and the run would end without its metrics.
 
-    Except in a SLURM job requeued after its training had ended (preempted in its test, say): it goes on with
+    Except in a command started again after its training had ended (a SLURM job preempted in its test, say, or a
+    torchrun process that failed there; `restarted_with_own_checkpoint`): it goes on with
     what is left, Lightning restoring the finished state (the best checkpoint among it) and training nothing, and
     the test of the best checkpoint runs as it would have. Returns True then: the run has nothing left to train."""
     epochs_done = int(
@@ -211,11 +233,10 @@ def check_not_finished(checkpoint: dict, path: Path, max_epochs: int | None, max
     done = (max_epochs not in (None, -1) and epochs_done >= max_epochs) or (
         max_steps not in (None, -1) and steps_done >= max_steps
     )
-    if done and requeued_with_own_checkpoint(checkpoint):
+    if done and restarted_with_own_checkpoint(checkpoint):
         log.info(
-            "SLURM job %s was requeued after its training had ended (%d epochs, %d steps): nothing is left to train, "
-            "the test follows",
-            (slurm_job() or ":").split(":", 1)[1],
+            "%s after its training had ended (%d epochs, %d steps): nothing is left to train, the test follows",
+            (restarted_by() or ("The run was started again", None))[0],
             epochs_done,
             steps_done,
         )

@@ -14,19 +14,20 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from wrncifar.run.folder_lock import launching_process
+from wrncifar.run.folder_lock import held_by_this_launch, launching_process, torchrun_restarts
 
 
 class WritableRunFolder(Callback):
     """Hydra callback: the folder a run (`hydra.run.dir`) or sweep (`hydra.sweep.dir`) writes to must be
     creatable, and a new training run or sweep must not start in a folder that already holds one (its configs,
     checkpoints and metrics would be overwritten or mixed with the new run's); otherwise the command prints why
-    and exits 1 before anything starts. `resume=`, a requeued SLURM job and the other processes of a distributed
-    run work in an existing run's folder on purpose."""
+    and exits 1 before anything starts. `resume=`, a requeued SLURM job, the processes torchrun starts again in
+    the folder of the run they continue (`--max-restarts`) and the other processes of a distributed run work in an
+    existing run's folder on purpose."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _exit_unless_writable(config, "hydra.run.dir")
-        if _starts_training(config) and not config.get("resume") and not _requeued() and launching_process():
+        if _starts_training(config) and not config.get("resume") and not _restarted(config) and launching_process():
             _exit_if_holding_a_run(config, "hydra.run.dir", lambda folder: [folder])
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -40,8 +41,13 @@ def _starts_training(config: DictConfig) -> bool:
     return "train" in config
 
 
-def _requeued() -> bool:
-    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+def _restarted(config: DictConfig) -> bool:
+    """Whether this command continues its own run: a requeued SLURM job, or torchrun starting its processes again
+    in the run folder an earlier start of the same torchrun command held (not one that was refused there)."""
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+        return True
+    folder = _resolved_folder(config, "hydra.run.dir")
+    return torchrun_restarts() > 0 and folder is not None and held_by_this_launch(folder)
 
 
 def _exit_if_holding_a_run(config: DictConfig, key: str, run_folders: Callable[[Path], list[Path]]) -> None:
