@@ -16,7 +16,7 @@ from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompo
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from wrncifar.callbacks.early_signals import early_signal, forget_early_signal, is_early_signals_handler
-from wrncifar.run.folder_lock import torchrun_launch
+from wrncifar.callbacks.torchrun import torchrun_launch
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from wrncifar.callbacks.torchrun import torchrun_launch
+
 LOCK_FILE = ".run.lock"
 
 log = logging.getLogger(__name__)
@@ -54,22 +56,6 @@ def launching_process() -> bool:
     of a distributed launch; not a process a launcher started for another rank or node, which runs the same
     command line into the folder rank 0 holds."""
     return all(os.environ.get(name, "0").strip() in ("0", "") for name in RANK_VARIABLES)
-
-
-def torchrun_restarts() -> int:
-    """How many times torchrun has started this command's processes again after one failed (`--max-restarts`); 0
-    in its first start and outside torchrun."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
-
-
-def torchrun_launch() -> str | None:
-    """The torchrun command this process was started by, the same in each restart of its processes: its run id
-    (`--rdzv-id`; a new one per command with `--standalone`) or, without one (`none`), the host and process of the
-    torchrun agent that starts this node's processes; None outside torchrun."""
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    if run_id is None:
-        return None
-    return run_id if run_id != "none" else f"{os.uname().nodename}:{os.getppid()}"
 
 
 def held_by_this_launch(run_dir: Path) -> bool:

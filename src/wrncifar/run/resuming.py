@@ -12,9 +12,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, open_dict
 
 from wrncifar.callbacks.checkpoint_on_signal import SLURM_JOB_KEY, TORCHRUN_LAUNCH_KEY, slurm_job
+from wrncifar.callbacks.torchrun import torchrun_launch, torchrun_restarts
 from wrncifar.run.checkpoints import CheckpointError, furthest_valid_checkpoint, load_checkpoint, run_folder_of
 from wrncifar.run.config_validation import ConfigError
-from wrncifar.run.folder_lock import check_folder_free, launching_process, torchrun_launch, torchrun_restarts
+from wrncifar.run.folder_lock import check_folder_free, launching_process
 from wrncifar.run.trusted_targets import check_override_targets
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from wrncifar.run.folder_lock import held_by_this_launch, launching_process, torchrun_restarts
+from wrncifar.callbacks.torchrun import torchrun_restarts
+from wrncifar.run.folder_lock import held_by_this_launch, launching_process
 
 
 class WritableRunFolder(Callback):
