@@ -28,5 +28,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = hydra_arguments(sys.argv[1:], resumable=False, path_keys=("input", "output"))
+    sys.argv[1:] = hydra_arguments(sys.argv[1:], resumable=False, checkpoint_run=True, path_keys=("input", "output"))
     main()

@@ -21,6 +21,9 @@ from wrncifar.data.transforms import CIFAR100_MEAN, CIFAR100_STD
 from wrncifar.models.wideresnet import WideResNet
 from wrncifar.run.checkpoint_network import class_names, image_settings, output_file, pick_device
 from wrncifar.run.config_validation import ConfigError
+from wrncifar.run.entry import run
+from wrncifar.run.export import export_model
+from wrncifar.run.prediction import predict_images
 
 
 def test_a_cifar_checkpoint_names_its_classes_without_the_dataset(tmp_path: Path) -> None:
@@ -122,3 +125,23 @@ def test_a_file_already_there_is_replaced_only_when_it_is_the_commands_own(
     with caplog.at_level(logging.INFO):
         assert output_file(str(earlier), tmp_path / "run", "x.csv", lambda path: path == earlier) == earlier
     assert f"Replacing {earlier}, written by an earlier run of this command" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("task", "config_name", "args"),
+    [(predict_images, "predict.yaml", ["input=x.png"]), (export_model, "export.yaml", [])],
+    ids=["predict", "export"],
+)
+def test_a_run_folder_given_as_ckpt_path_names_its_checkpoints_with_exit_1(
+    trained_run: Path, make_config, task, config_name: str, args: list[str]
+) -> None:
+    """eval.py's message (`check_checkpoint_path`; train.py's without its resume=), before anything is built."""
+    with pytest.raises(SystemExit) as exit_info:
+        run(task, make_config([f"ckpt_path={trained_run}", *args], config_name))
+    message = str(exit_info.value.__cause__)
+    assert exit_info.value.code == 1
+    assert (
+        f"checkpoint {trained_run} is a folder, not a checkpoint file: pass the path of a .ckpt file in "
+        f"{trained_run / 'checkpoints'} ("
+    ) in message
+    assert "last.ckpt" in message and "resume=" not in message

@@ -76,4 +76,4 @@ def test_relative_paths_are_read_from_the_launch_folder_even_when_the_job_change
         "eval.py", ["ckpt_path=gone/last.ckpt", "hydra.job.chdir=true", "hydra.run.dir=out2"], cwd=tmp_path
     )
     assert missing.returncode == 1
-    assert f"ckpt_path={tmp_path / 'gone' / 'last.ckpt'} is not a file" in missing.stdout + missing.stderr
+    assert f"checkpoint {tmp_path / 'gone' / 'last.ckpt'} does not exist" in missing.stdout + missing.stderr

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 
 from tests.conftest import best_checkpoint, last_logged, read_metrics, run_entry
 from wrncifar.analysis.evaluation_report import PREDICTIONS_FILE, REPORT_FILE, read_report
 from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.entry import run
-from wrncifar.run.evaluation import evaluate, report_directory, training_run_config
+from wrncifar.run.evaluation import evaluate, report_directory
+from wrncifar.run.training_run import run_config_keys, training_run_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -132,16 +135,26 @@ def test_the_run_config_is_found_above_the_checkpoint(tmp_path: Path) -> None:
     assert training_run_config(nested) is None
 
 
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("ckpt_path=null", "ckpt_path is required"),
-        ("ckpt_path=/nonexistent/run/checkpoints/last.ckpt", "is not a file: pass ckpt_path="),
-    ],
-)
-def test_eval_without_a_checkpoint_fails_with_a_clear_message(make_config, override: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        evaluate(make_config([override], config_name="eval.yaml"))
+def test_eval_without_a_checkpoint_fails_with_a_clear_message(make_config) -> None:
+    with pytest.raises(ConfigError, match=r"ckpt_path is required: python src/eval\.py ckpt_path="):
+        evaluate(make_config(["ckpt_path=null"], config_name="eval.yaml"))
+
+
+def test_a_ckpt_path_that_is_not_a_file_says_what_it_is_with_exit_1(
+    trained_run: Path, make_config, tmp_path: Path
+) -> None:
+    """train.py's message (`check_checkpoint_path`): a run's folder names the checkpoints it holds (and not
+    resume=, which eval.py does not take)."""
+    folder = f"checkpoint {trained_run} is a folder, not a checkpoint file: pass the path of a .ckpt file in "
+    for given, messages in [
+        (trained_run, [folder + f"{trained_run / 'checkpoints'} (", "last.ckpt"]),
+        (tmp_path / "gone.ckpt", [f"checkpoint {tmp_path / 'gone.ckpt'} does not exist: pass the path of a .ckpt"]),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            run(evaluate, make_config([f"ckpt_path={given}"], config_name="eval.yaml"))
+        assert exit_info.value.code == 1
+        assert all(message in str(exit_info.value.__cause__) for message in messages), exit_info.value.__cause__
+        assert "resume=" not in str(exit_info.value.__cause__)
 
 
 def test_a_checkpoint_of_another_architecture_is_refused_with_the_differences(trained_run: Path, make_config) -> None:
@@ -202,3 +215,67 @@ def test_a_report_dir_that_is_a_file_is_one_message(make_config, trained_run: Pa
         run(evaluate, cfg)
     assert exit_info.value.code == 1 and f"{a_file} is a file, not a folder" in str(exit_info.value.__cause__)
     assert a_file.read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_a_report_folder_holding_other_files_is_refused_before_testing_and_left_as_it_is(
+    make_config, trained_run: Path, evaluated_run: Path, tmp_path: Path
+) -> None:
+    """Files named as a report's are not enough: the `report.json` must be one that eval wrote."""
+    lookalike, beside = tmp_path / "lookalike", tmp_path / "beside"
+    lookalike.mkdir()
+    (lookalike / REPORT_FILE).write_text('{"results": "my own"}')
+    (lookalike / "confusion_matrix.png").write_bytes(PNG_SIGNATURE + b"my own plot")
+    shutil.copytree(evaluated_run / "report", beside)  # an earlier report, and a file of the user's beside it
+    (beside / "notes.txt").write_text("mine")
+    for folder, named in [(lookalike, "confusion_matrix.png, report.json"), (beside, "notes.txt")]:
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        cfg = make_config(
+            [f"ckpt_path={best_checkpoint(trained_run)}", f"eval.report_dir={folder}", "logger=null"],
+            config_name="eval.yaml",
+        )
+        with pytest.raises(SystemExit) as exit_info:
+            run(evaluate, cfg)
+        assert exit_info.value.code == 1
+        assert (
+            f"the report folder {folder} holds files that are not an earlier evaluation report ({named}), so it was "
+            "left as it is and nothing was evaluated: remove them, or give another folder with eval.report_dir="
+        ) in str(exit_info.value.__cause__)
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not (tmp_path / "test_metrics.json").exists(), "refused before testing"
+
+
+@pytest.mark.slow
+def test_eval_run_again_replaces_its_own_earlier_report_in_the_runs_folder(
+    make_config, trained_run: Path, evaluated_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain report replacing a flip one keeps none of its `*_flip.png`, nor a killed write's temporary file;
+    what Finder leaves in a folder it showed is kept."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("eval_report"))
+    ckpt = best_checkpoint(run_dir)
+    report_dir = run_dir / "eval_report" / ckpt.stem
+    shutil.copytree(evaluated_run / "report", report_dir)
+    (report_dir / ".DS_Store").write_bytes(b"Finder")
+    (report_dir / ".predictions.npz.x1y2z3.npz").write_bytes(b"half")  # left by an eval killed mid-write
+    with caplog.at_level(logging.INFO):
+        evaluate(make_config([f"ckpt_path={ckpt}", "+data.test_per_class=1", "logger=null"], config_name="eval.yaml"))
+    assert f"Replacing the evaluation report in {report_dir}, written by an earlier run of eval.py" in caplog.text
+    plots = ["confusion_matrix.png", "reliability.png", "class_accuracy.png"]
+    assert {p.name for p in report_dir.iterdir()} == {REPORT_FILE, PREDICTIONS_FILE, *plots, ".DS_Store"}
+    assert read_report(report_dir)["tta"] == "none"
+
+
+@pytest.mark.slow
+def test_a_key_of_the_runs_own_data_config_is_overridden_as_typed(trained_run: Path, make_config) -> None:
+    """`data.test_per_class=1` for a run trained with `data=synthetic`: Hydra composes eval.yaml's own data option
+    (cifar100, which has no such key) first, and refuses it as typed without `run_config_keys`."""
+    typed = [f"ckpt_path={best_checkpoint(trained_run)}", "data.test_per_class=1", "logger=null", "eval.report=false"]
+    with pytest.raises(ConfigCompositionException, match=r"Could not override 'data\.test_per_class'"):
+        make_config(typed, config_name="eval.yaml")
+    cfg = make_config(run_config_keys(typed), config_name="eval.yaml")
+    evaluate(cfg)
+    assert cfg.data.test_per_class == 1 and cfg.data.train_per_class == 30  # the override, on the run's config
+    # A key that neither config has is still Hydra's own error.
+    with pytest.raises(ConfigCompositionException, match=r"Could not override 'data\.test_pre_class'"):
+        make_config(run_config_keys([*typed, "data.test_pre_class=1"]), config_name="eval.yaml")

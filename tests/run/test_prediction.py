@@ -16,6 +16,7 @@ from PIL import Image
 
 from tests.conftest import best_checkpoint, run_entry
 from wrncifar.data.transforms import eval_transform
+from wrncifar.run.checkpoints import CheckpointError
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.entry import run
 from wrncifar.run.prediction import PREDICTIONS_FILE, predict_images, prediction_table
@@ -217,7 +218,7 @@ def test_a_folder_without_a_readable_image_names_every_file_and_exits_1(
     [
         (["input=null"], r"input is required \(the images to classify\): python src/predict.py ckpt_path="),
         (["ckpt_path=null"], "ckpt_path is required"),
-        (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path=/nonexistent/last.ckpt is not a file"),
+        (["ckpt_path=/nonexistent/last.ckpt"], "checkpoint /nonexistent/last.ckpt does not exist"),
         (["top_k=0"], "top_k must be a positive integer, got 0"),
         (["batch_size=-1"], "batch_size must be a positive integer, got -1"),
         (["tta=mirror"], r"tta: expected one of \['none', 'flip'\], got 'mirror'"),
@@ -229,7 +230,7 @@ def test_bad_settings_are_one_clear_error(
 ) -> None:
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x.png")
     base = [f"ckpt_path={best_checkpoint(trained_run)}", f"input={tmp_path / 'x.png'}"]
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises((ConfigError, CheckpointError), match=message):
         predict_images(make_config([*base, *overrides], "predict.yaml"))
 
 

@@ -29,6 +29,7 @@ from wrncifar.data.cifar100_sources import CorruptDatasetError, DatasetNotFoundE
 from wrncifar.data.cifar_classes import CLASSES_BY_RELEASE
 from wrncifar.data.transforms import IMAGE_SIZE
 from wrncifar.run.checkpoints import (
+    check_checkpoint_path,
     check_compatible,
     is_lightning_checkpoint,
     load_network_weights,
@@ -126,11 +127,11 @@ def load_checkpoint_network(cfg: DictConfig, settings: Mapping[str, Any], exampl
     """Adopt the training run's `model` and `data` configs for `cfg.ckpt_path`, check the config (with the entry
     point's own top-level `settings`: key → type), build the network and load the checkpoint's weights into it.
 
-    ConfigError when ckpt_path is missing or not a file, CheckpointError when its weights do not fit the network.
+    ConfigError when ckpt_path is not given, CheckpointError when it is not a file (`check_checkpoint_path`: what it
+    is instead) or its weights do not fit the network.
     """
     ckpt_path = required_path(cfg, "ckpt_path", "the checkpoint to load", example)
-    if not ckpt_path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path} is not a file: {example}")
+    check_checkpoint_path(ckpt_path, training=False)
     adopt_training_run_config(cfg, ckpt_path)
     switch_off_speed_settings(cfg)
     validate_config(cfg, settings)

@@ -232,13 +232,15 @@ def read_checkpoint_file(path: Path, mmap: bool = False) -> Any:
         ) from err
 
 
-def check_checkpoint_path(path: Path) -> None:
+def check_checkpoint_path(path: Path, training: bool = True) -> None:
     """CheckpointError unless `path` is a file, saying what it is instead: missing, or a folder (a run's folder,
-    or its checkpoints/, is the commonest slip: its checkpoints are named, and resume= for the run)."""
+    or its checkpoints/, is the commonest slip: its checkpoints are named, and for training (`training`) resume=
+    for the run)."""
     if path.is_file():
         return
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist: pass the path of a .ckpt file (or resume=<run_dir>)")
+        resume = " (or resume=<run_dir>)" if training else ""
+        raise CheckpointError(f"checkpoint {path} does not exist: pass the path of a .ckpt file{resume}")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} is not a regular file: pass the path of a .ckpt file")
     run = run_folder_of(path)
@@ -248,7 +250,7 @@ def check_checkpoint_path(path: Path) -> None:
     message = f"checkpoint {path} is a folder, not a checkpoint file: pass the path of a .ckpt file"
     if names:
         message += f" in {where} ({shown})"
-    if run is not None:
+    if run is not None and training:
         message += f", or continue the training run {run} in its own folder with resume={run}"
     raise CheckpointError(message)
 

@@ -14,6 +14,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from wrncifar.run.training_run import run_config_keys
+
 # Groups with a default option that a user may switch off. Hydra rejects `group=null` once the group has a
 # default (`~group` is its spelling), but `logger=null` is what lightning-hydra-template users type.
 SWITCHABLE_GROUPS = ("logger", "callbacks")
@@ -51,11 +53,15 @@ def quote_path(arg: str, path_keys: tuple[str, ...] = ()) -> str:
     return f"{key}='{escaped}'"
 
 
-def hydra_arguments(args: list[str], resumable: bool, path_keys: tuple[str, ...] = ()) -> list[str]:
+def hydra_arguments(
+    args: list[str], resumable: bool, path_keys: tuple[str, ...] = (), checkpoint_run: bool = False
+) -> list[str]:
     """`args` with, when `resumable`, `resume=<run_dir>` expanded (see `resume_overrides`), then paths quoted
-    (`quote_path`, `path_keys` the entry point's own) and `null_group_overrides` applied. A folder that cannot be
-    resumed (not a run, or a run still running) prints its message and exits 1: Hydra has not set up logging yet,
-    so there is no log file for it."""
+    (`quote_path`, `path_keys` the entry point's own) and `null_group_overrides` applied; with `checkpoint_run` (a
+    command that takes the model and data configs of `ckpt_path`'s training run), overrides of keys only that
+    run's configs have made to reach them (`run_config_keys`). A folder that cannot be resumed (not a run, or a run
+    still running) prints its message and exits 1: Hydra has not set up logging yet, so there is no log file for
+    it."""
     if resumable and any(arg.startswith("resume=") for arg in args):
         # Imported only here: they load torch and Lightning, and a command without resume= should reach Hydra's
         # own checks (a mistyped key, a missing option) in a second, not after those imports.
@@ -69,7 +75,8 @@ def hydra_arguments(args: list[str], resumable: bool, path_keys: tuple[str, ...]
         except (CheckpointError, ConfigError, FolderInUseError) as err:
             print(f"Error: {err}", file=sys.stderr)
             raise SystemExit(1) from err
-    return null_group_overrides([quote_path(arg, path_keys) for arg in args])
+    args = null_group_overrides([quote_path(arg, path_keys) for arg in args])
+    return run_config_keys(args) if checkpoint_run else args
 
 
 def absolute_paths(cfg: DictConfig) -> None:

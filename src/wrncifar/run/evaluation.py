@@ -13,12 +13,13 @@ from hydra.utils import instantiate
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from wrncifar.analysis.evaluation_report import build_report, write_report
+from wrncifar.analysis.evaluation_report import PREDICTIONS_FILE, REPORT_FILE, build_report, write_report
 from wrncifar.analysis.output_files import output_folder
 from wrncifar.analysis.predictions import TTA, predict
-from wrncifar.analysis.report_plots import save_report_plots
+from wrncifar.analysis.report_plots import FIGURES, save_report_plots
 from wrncifar.callbacks.progress_bar import console_progress
 from wrncifar.run.checkpoints import (
+    check_checkpoint_path,
     check_compatible,
     is_lightning_checkpoint,
     load_network_weights,
@@ -29,15 +30,22 @@ from wrncifar.run.console import quiet_console
 from wrncifar.run.extras import apply_extras
 from wrncifar.run.fit_and_test import instantiate_group, metrics_as_floats
 from wrncifar.run.speed import resolve_speed
+from wrncifar.run.training_run import RUN_GROUPS, training_run_config, training_run_dir
 from wrncifar.run.trusted_targets import check_targets
 
 log = logging.getLogger(__name__)
 
-# Groups taken from the training run's saved config, so `eval.py ckpt_path=…` rebuilds the same network
-# and data source without repeating the training overrides.
-RUN_GROUPS = ("model", "data")
-# How far above a checkpoint its run's `.hydra/` folder may be (<run>/checkpoints/x.ckpt, <run>/csv/…/x.ckpt).
-RUN_DIR_DEPTH = 4
+# The files of an evaluation report (`write_report`, and `save_report_plots` per prediction mode, plain and flip):
+# an earlier report is replaced, anything else in its folder refused.
+REPORT_FILES = frozenset(
+    {REPORT_FILE, PREDICTIONS_FILE}
+    | {f"{name}.png" if mode == "plain" else f"{name}_{mode}.png" for name in FIGURES for mode in ("plain", "flip")}
+)
+# Keys every `report.json` this module writes has: how an earlier report is told from a file of the user's own.
+REPORT_KEYS = ("ckpt_path", "tta", "data", "test_images", "classes", "results")
+REPORT_MAX_BYTES = 1 << 28  # a 100-class report with flip TTA is well under a megabyte; a larger .json is not one
+# What file browsers leave in a folder they showed (macOS Finder, Windows Explorer): neither a report's nor the user's.
+FOLDER_METADATA = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class ReportSettings:
         report: write the evaluation report after testing.
         tta: "flip" adds horizontal-flip test-time augmentation, reported beside the plain result.
         report_dir: where to write it; None: `<run_dir>/eval_report/<checkpoint name>/` next to the training run.
+            An earlier report there is replaced, a folder with other files refused (`earlier_report`).
     """
 
     report: bool = True
@@ -64,14 +73,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not given:
         raise ConfigError("ckpt_path is required: python src/eval.py ckpt_path=<run_dir>/checkpoints/<name>.ckpt")
     ckpt_path = Path(str(given))
-    if not ckpt_path.is_file():
-        raise ConfigError(f"ckpt_path={given} is not a file: pass ckpt_path=<run_dir>/checkpoints/<name>.ckpt")
+    check_checkpoint_path(ckpt_path, training=False)
     adopt_training_run_config(cfg, ckpt_path)
     quiet_console(evaluation=True)
     resolve_speed(cfg, training=False)
     validate_config(cfg, {"eval": ReportSettings})
     apply_extras(cfg)  # the config tree is printed once it is known to be valid: an error comes first
     settings = ReportSettings(**cfg.get("eval", {}))
+    # Before testing: a folder that is refused should not wait for the test, and nothing is written.
+    report_dir = report_directory(settings.report_dir, ckpt_path, Path(cfg.paths.output_dir))
+    earlier = earlier_report(report_dir) if settings.report else []
 
     datamodule: LightningDataModule = instantiate(cfg.data)
     model: LightningModule = instantiate(cfg.model)
@@ -103,9 +114,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     out.write_text(json.dumps({"ckpt_path": str(ckpt_path.resolve()), **metrics}, indent=2) + "\n")
     log.info("Test metrics written to %s", out)
     if settings.report:
-        report_dir = report_directory(settings.report_dir, ckpt_path, Path(cfg.paths.output_dir))
         run_dir = training_run_dir(ckpt_path)
         output_folder(report_dir, within=run_dir if run_dir and not settings.report_dir else report_dir.parent)
+        if earlier:  # removed, not only overwritten: a plain report must not keep an earlier report's flip plots
+            log.info("Replacing the evaluation report in %s, written by an earlier run of eval.py", report_dir)
+            for path in earlier:
+                path.unlink(missing_ok=True)
         write_evaluation_report(trainer, model, datamodule, settings.tta, ckpt_path, cfg.data, report_dir)
     return metrics
 
@@ -154,18 +168,43 @@ def report_directory(given: str | None, ckpt_path: Path, output_dir: Path) -> Pa
     return (training_run_dir(ckpt_path) or output_dir) / "eval_report" / ckpt_path.stem
 
 
-def training_run_dir(ckpt_path: Path) -> Path | None:
-    """The folder of the run that wrote `ckpt_path`: the nearest one above it with a `.hydra/config.yaml`."""
-    for folder in list(ckpt_path.resolve().parents)[:RUN_DIR_DEPTH]:
-        if (folder / ".hydra" / "config.yaml").is_file():
-            return folder
-    return None
+def earlier_report(folder: Path) -> list[Path]:
+    """The files of an earlier evaluation report in `folder` (none where it is missing or empty), which the new
+    report replaces. ConfigError, naming them, when the folder holds anything else, or files named as a report's
+    beside a `report.json` that eval did not write: a user's files are neither replaced nor mixed with a report."""
+    if folder.is_symlink() or not folder.is_dir():
+        return []  # `output_folder` refuses a link or a file by name
+    entries = sorted(folder.iterdir())
+    own = [p for p in entries if p.is_file() and not p.is_symlink() and report_file_name(p.name)]
+    if not written_by_eval(folder / REPORT_FILE):
+        own = [p for p in own if p.name not in REPORT_FILES]  # a killed write's temporaries are still eval's
+    others = [p.name for p in entries if p not in own and p.name not in FOLDER_METADATA]
+    if others:
+        shown = ", ".join(others[:4]) + (f", … ({len(others)} in all)" if len(others) > 4 else "")
+        raise ConfigError(
+            f"the report folder {folder} holds files that are not an earlier evaluation report ({shown}), so it was "
+            "left as it is and nothing was evaluated: remove them, or give another folder with eval.report_dir=…"
+        )
+    return own
 
 
-def training_run_config(ckpt_path: Path) -> DictConfig | None:
-    """The config Hydra saved for the run that wrote `ckpt_path`."""
-    run_dir = training_run_dir(ckpt_path)
-    return None if run_dir is None else OmegaConf.load(run_dir / ".hydra" / "config.yaml")  # type: ignore[return-value]
+def report_file_name(name: str) -> bool:
+    """Whether `name` is one of `REPORT_FILES`, or a temporary file of one that a killed write left (`write_file`
+    writes `.<name>.<random><suffix>` beside it)."""
+    return name in REPORT_FILES or any(
+        name.startswith(f".{file}.") and name.endswith(Path(file).suffix) for file in REPORT_FILES
+    )
+
+
+def written_by_eval(path: Path) -> bool:
+    """Whether `path` is a `report.json` that `write_evaluation_report` wrote: a JSON object with `REPORT_KEYS`."""
+    try:
+        if path.is_symlink() or path.stat().st_size > REPORT_MAX_BYTES:
+            return False
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(report, dict) and all(key in report for key in REPORT_KEYS)
 
 
 def adopt_training_run_config(cfg: DictConfig, ckpt_path: Path) -> None:
