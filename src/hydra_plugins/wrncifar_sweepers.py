@@ -1,5 +1,8 @@
 """The project's Optuna sweeper (`hparams_search=wrn_cifar100_optuna`): hydra-optuna-sweeper's, except that
 - a stored study is continued only with the settings it was made with (`wrncifar.sweeps.study_settings`);
+- every trial ends told to the study: a job that cannot be composed, fails or returns nothing is told FAIL and
+  listed in the summary with why, and trials still out when the sweep stops are told FAIL on the way out, so a
+  stored study keeps no trial RUNNING for good (`wrncifar.sweeps.optuna_trials`);
 - a study none of whose trials completed ends like any sweep with failed jobs (the sweep summary printed, each trial
   with its error, exit 1) instead of Optuna's `Record does not exist` traceback from asking for a best trial there
   is not.
@@ -14,7 +17,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as _OptunaSweeper
+from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +32,15 @@ DIRECTIONS = ("maximize", "minimize")
 
 
 class OptunaSweeper(_OptunaSweeper):
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from wrncifar.sweeps.optuna_trials import TrialJobs
+
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.sweeper.launcher = TrialJobs(self.sweeper.launcher, hydra_context.config_loader, config)
+
     def sweep(self, arguments: Sequence[str]) -> Any:
+        from wrncifar.sweeps.optuna_trials import fail_unfinished_trials, keep_asked_trials
+
         directions = self.sweeper._get_directions()
         if not directions or any(d not in DIRECTIONS for d in directions):
             log.error(
@@ -39,10 +52,13 @@ class OptunaSweeper(_OptunaSweeper):
             from wrncifar.sweeps.study_settings import StudySettingsError, check_study_settings
 
             try:
-                check_study_settings(self.sweeper.storage, self.sweeper.study_name, directions, arguments)
+                check_study_settings(
+                    self.sweeper.storage, self.sweeper.study_name, directions, arguments, self.sweeper.config
+                )
             except StudySettingsError as err:
                 log.error("%s", err)
                 raise SystemExit(1) from err
+        asked = keep_asked_trials(self.sweeper)
         try:
             return super().sweep(arguments)
         except ValueError as err:
@@ -51,3 +67,5 @@ class OptunaSweeper(_OptunaSweeper):
             # The sweep's end (the summary, exit 1 for the failed trials) follows, as for any sweep.
             log.error("No trial of the study completed, so there is no best one: every trial failed (see below)")
             return None
+        finally:
+            fail_unfinished_trials(asked)

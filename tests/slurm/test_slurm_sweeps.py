@@ -82,9 +82,11 @@ def test_a_cancelled_job_is_listed_without_result_and_the_others_finish(slurm_cl
     assert rows[1]["error"].startswith(f"NoResultError: SLURM job {array}_1 ended CANCELLED without a result")
 
 
-def test_a_request_the_partition_cannot_fit_stops_with_one_message(slurm_cluster: Cluster, tmp_path) -> None:
+def test_a_request_the_partition_cannot_fit_stops_with_one_message_and_leaves_no_folder(
+    slurm_cluster: Cluster, tmp_path
+) -> None:
     # The GPU preset (1 GPU, 8 CPUs per task) on this cluster's CPU nodes.
-    args = ["-m", *JOB, "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path}"]
+    args = ["-m", *JOB, "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'new' / 'sweep'}"]
     result = run_entry("train.py", args, env=slurm_cluster.env())
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
@@ -96,3 +98,12 @@ def test_a_request_the_partition_cannot_fit_stops_with_one_message(slurm_cluster
     ) in output
     assert "and no GPUs. On CPU nodes use hydra/launcher=slurm_cpu" in output and "Traceback" not in output
     print(next(line for line in output.splitlines() if "SLURM refused" in line))
+    assert not (tmp_path / "new").exists(), "submitit's pickles and sbatch script were removed, then the folder"
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("the user's\n")
+    args = ["-m", *JOB, "hydra/launcher=slurm", f"hydra.sweep.dir={existing}"]
+    again = run_entry("train.py", args, env=slurm_cluster.env())
+    assert again.returncode == 1
+    assert sorted(p.name for p in existing.rglob("*")) == ["multirun.yaml", "notes.txt"]

@@ -234,12 +234,14 @@ def test_the_summary_ranks_the_jobs_in_the_sweepers_direction(
 
 
 def test_a_mistyped_or_changed_search_direction_is_one_message_before_any_trial(tmp_path: Path) -> None:
-    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    storage = f"sqlite:///{tmp_path / 'studies' / 'search.db'}"
     typo = run_entry("train.py", [*optuna_search(tmp_path / "typo", storage), "hydra.sweeper.direction=maximise"])
     assert typo.returncode == 1
     output = typo.stdout + typo.stderr
     assert "hydra.sweeper.direction=maximise: give maximize or minimize" in output and "Traceback" not in output
+    assert not (tmp_path / "studies").exists() and not (tmp_path / "typo").exists(), "the refusal leaves no folder"
 
+    (tmp_path / "studies").mkdir()
     optuna.create_study(storage=storage, study_name="wrn_cifar100", direction="minimize")
     changed = run_entry("train.py", optuna_search(tmp_path / "changed", storage))
     assert changed.returncode == 1
@@ -247,3 +249,34 @@ def test_a_mistyped_or_changed_search_direction_is_one_message_before_any_trial(
     assert "Optuna study 'wrn_cifar100' in " in output and "was made to minimize" in output
     assert "give hydra.sweeper.direction=minimize to continue it" in output and "Traceback" not in output
     assert not optuna.load_study(study_name="wrn_cifar100", storage=storage).trials
+    assert not (tmp_path / "changed").exists() and (tmp_path / "studies" / "search.db").is_file()
+
+
+def test_optuna_trials_that_end_without_a_value_are_told_fail_and_summarised_with_why(tmp_path: Path) -> None:
+    """Two trials launched together, neither of which reports a value: one whose config cannot be composed (a
+    search over a trainer option that does not exist, as over a misspelt key), one that returns None (it neither
+    trains nor tests). Both are FAIL in the study, none left RUNNING, and the summary says why; nothing trains."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    search = [a for a in optuna_search(tmp_path / "sweep", storage) if a != "trainer=cpu"]
+    nothing_to_report = ["trainer=choice(cpu,cpux)", "train=false", "test=false"]
+    result = run_entry("train.py", [*search, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", *nothing_to_report])
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "2 of 2 jobs did not complete: 0 (failed), 1 (failed)" in output and "Traceback" not in output
+    errors = {row["trainer"]: (row["status"], row["error"]) for row in read_summary(tmp_path / "sweep")}
+    assert errors["cpux"][0] == "failed" and "Could not find 'trainer/cpux'" in errors["cpux"][1]
+    assert errors["cpu"] == (
+        "failed",
+        "NoValueError: the job returned no value for its Optuna trial (train=false: no training run reported "
+        "optimized_metric=val/acc_best)",
+    )
+    study = optuna.load_study(study_name="wrn_cifar100", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+
+
+def test_a_grid_refused_before_any_job_leaves_no_folder(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "new" / "sweep"  # neither folder exists yet
+    result = run_entry("train.py", ["-m", "model.nonexistent=1,2", f"hydra.sweep.dir={sweep_dir}"])
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Could not override 'model.nonexistent'" in output
+    assert not (tmp_path / "new").exists(), "Hydra's multirun.yaml alone was written there: the folder goes"

@@ -14,6 +14,7 @@ The launcher classes are in `hydra_plugins/wrncifar_launchers.py` (Hydra instant
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import time
@@ -21,12 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict
 
-from wrncifar.sweeps.summary import NO_RESULT, record_job_result
+from wrncifar.sweeps.summary import NO_RESULT, record_job_outcome
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,34 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
         log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
         jobs_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+    submitit_root = submitit.core.utils.JobPaths.get_first_id_independent_folder(launcher.params["submitit_folder"])
+    before = set(submitit_root.rglob("*")) if submitit_root.is_dir() else None
     try:
         jobs = executor.map_array(launcher, *zip(*jobs_params, strict=True))
     except submitit.core.utils.FailedJobError as err:
         if executor_name != "slurm":
             raise
         log.error("%s", refused_request_message(str(err), launcher.params))
+        remove_unsubmitted_files(submitit_root, before)  # nothing was submitted: the sweep leaves no folder
         raise SystemExit(1) from err
     return [job_result(launcher, job, params[0], params[2]) for job, params in zip(jobs, jobs_params, strict=True)]
+
+
+def remove_unsubmitted_files(submitit_root: Path, before: set[Path] | None) -> None:
+    """Remove what submitit wrote under `submitit_root` for a submission sbatch refused (the jobs' pickles, the
+    sbatch script): the paths not in `before` (None: the folder was not there), folders only when left empty."""
+    if not submitit_root.is_dir():
+        return
+    made = [p for p in submitit_root.rglob("*") if before is None or p not in before]
+    for path in sorted(made, key=lambda p: len(p.parts), reverse=True):  # files and subfolders before their folder
+        if path.is_dir() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
+    if before is None:
+        with contextlib.suppress(OSError):
+            submitit_root.rmdir()
 
 
 def job_result(launcher: Any, job: Any, overrides: list[str], idx: int) -> JobReturn:
@@ -85,11 +105,7 @@ def job_result(launcher: Any, job: Any, overrides: list[str], idx: int) -> JobRe
         status, error = "failed", f"{_job_name(job)} raised outside the run: {lines[-3] if len(lines) > 2 else err}"
     job_dir = job_folder(launcher, overrides, idx)
     log.error("Job %d: %s", idx, error)
-    overrides_file = job_dir / ".hydra" / "overrides.yaml"
-    if not overrides_file.is_file():  # never started: the summary lists a job by its folder's overrides
-        overrides_file.parent.mkdir(parents=True, exist_ok=True)
-        overrides_file.write_text(yaml.safe_dump(overrides))
-    record_job_result(job_dir, None, NoResultError(error), status=status)
+    record_job_outcome(job_dir, overrides, NoResultError(error), status=status)
     return JobReturn(overrides=overrides, working_dir=str(job_dir), status=JobStatus.COMPLETED, _return_value=None)
 
 

@@ -6,7 +6,8 @@ whatever launcher ran it: in this process, in local subprocesses or on SLURM nod
 `sweep_summary.csv` and `sweep_summary.md` to the sweep folder, and prints the table; it also rewrites them
 after each job, so they exist however the sweep ends. A job that left no record was killed (or is still
 running) and is listed as such; the submitit launchers record a job that SLURM (or submitit's local executor) ended
-without a result (`wrncifar.sweeps.submitit_jobs`).
+without a result (`wrncifar.sweeps.submitit_jobs`), and the Optuna sweeper a trial's job that could not be composed
+or returned no value (`wrncifar.sweeps.optuna_trials`), both with `record_job_outcome`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -57,13 +59,34 @@ def record_job_result(
     ended without a result), its optimized metric and its error to JOB_RESULT (on rank 0 only)."""
     if not on_rank_zero():
         return
+    _write_record(Path(job_dir), value, error, status)
+
+
+def record_job_outcome(job_dir: Path, overrides: list[str], error: BaseException, status: str = "failed") -> None:
+    """Record, from the sweep's own process, a job that ended without a result of its own: the launcher's or the
+    sweeper's account of it (`error`), with the job's overrides where the job never wrote them (it did not start),
+    so that the summary lists it."""
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        overrides_file.parent.mkdir(parents=True, exist_ok=True)
+        overrides_file.write_text(yaml.safe_dump(list(overrides)))
+    _write_record(job_dir, None, error, status)
+
+
+def recorded_status(job_dir: Path) -> str | None:
+    """The status in the job's JOB_RESULT, or None when it wrote none."""
+    path = job_dir / JOB_RESULT
+    return json.loads(path.read_text())["status"] if path.is_file() else None
+
+
+def _write_record(job_dir: Path, value: Any, error: BaseException | None, status: str | None) -> None:
     record = {
         "status": status or ("failed" if error else "completed"),
         "value": float(value) if isinstance(value, int | float) else None,
         "error": " ".join(f"{type(error).__name__}: {error}".split()) if error else None,  # one line
     }
-    Path(job_dir).mkdir(parents=True, exist_ok=True)
-    (Path(job_dir) / JOB_RESULT).write_text(json.dumps(record, indent=2) + "\n")
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / JOB_RESULT).write_text(json.dumps(record, indent=2) + "\n")
 
 
 @dataclass(frozen=True)
