@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from torch import nn
 
+from tests.conftest import quiet_trainer
 from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
 from wrncifar.models.classifier import ImageClassifier
 from wrncifar.models.wideresnet import WideResNet
@@ -31,6 +32,27 @@ def test_fit_exposes_the_datamodule_class_names_to_the_module() -> None:
     trainer = Trainer(accelerator="cpu", fast_dev_run=True, logger=False, enable_progress_bar=False)
     trainer.fit(module, datamodule=dm)
     assert module.class_names == dm.classes and len(module.class_names) == 10
+
+
+class LearningRates(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer: Trainer, *args) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("max_epochs", [200, -1])
+def test_the_schedules_epochs_are_the_loaders_when_max_steps_ends_the_run_first(max_epochs: int) -> None:
+    """A milestone at epoch 1 falls after one epoch of batches, however far `max_epochs` is (or without it)."""
+    dm = SyntheticCIFAR100DataModule(num_classes=10, train_per_class=6, test_per_class=2, val_per_class=2, batch_size=8)
+    scheduler = {"name": "multistep", "milestones": [1], "gamma": 0.5}
+    lrs = LearningRates()
+    trainer = quiet_trainer([lrs], max_epochs=max_epochs, max_steps=10, limit_val_batches=0)
+    trainer.fit(ImageClassifier(tiny_net(), scheduler=scheduler), datamodule=dm)
+    batches = trainer.num_training_batches
+    assert batches < 10 and len(lrs.lrs) == 10
+    assert lrs.lrs == [0.1] * batches + [0.05] * (10 - batches)
 
 
 def test_best_validation_accuracy_survives_a_checkpoint_round_trip() -> None:

@@ -4,6 +4,7 @@ per-step LR schedule, metrics."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
@@ -226,8 +227,14 @@ class ImageClassifier(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self, self.optimizer_settings)
         total_steps = int(self.trainer.estimated_stepping_batches)
-        epochs = self.trainer.max_epochs
-        steps_per_epoch = total_steps / epochs if epochs and epochs > 0 else float(total_steps)
+        self.trainer.fit_loop.setup_data()  # as `estimated_stepping_batches` does, unless max_steps alone decides
+        batches = self.trainer.num_training_batches
+        if math.isfinite(batches) and batches > 0:
+            # The loader's epoch, not `total_steps / max_epochs`: `trainer.max_steps` may end the run sooner.
+            steps_per_epoch = float(math.ceil(batches / self.trainer.accumulate_grad_batches))
+        else:  # a loader without a length: the run's epochs are its measure
+            epochs = self.trainer.max_epochs
+            steps_per_epoch = total_steps / epochs if epochs and epochs > 0 else float(total_steps)
         scheduler = build_scheduler(optimizer, self.schedule_settings, total_steps, steps_per_epoch)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
