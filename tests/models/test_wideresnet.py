@@ -37,6 +37,14 @@ def test_output_shape_for_cifar_and_mnist_sized_inputs(pooling: str, size: int) 
     assert out.shape == (3, 10)
 
 
+@pytest.mark.parametrize("size", [24, 56, 64])
+def test_seed_pooling_on_inputs_it_cannot_pool_to_one_value_names_the_sizes_and_the_fix(size: int) -> None:
+    model = WideResNet(num_classes=10, widths=TINY, pooling="seed")
+    with pytest.raises(ValueError, match=r"needs a final feature map of 7 to 13 pixels .* use pooling=adaptive"):
+        model(torch.randn(1, 3, size, size))
+    assert WideResNet(num_classes=10, widths=TINY)(torch.randn(1, 3, size, size)).shape == (1, 10)
+
+
 def test_seed_pooling_sees_only_the_top_left_7x7_of_the_8x8_map() -> None:
     seed_pool = WideResNet(widths=TINY, pooling="seed").pool
     adaptive_pool = WideResNet(widths=TINY, pooling="adaptive").pool

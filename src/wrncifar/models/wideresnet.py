@@ -62,6 +62,25 @@ class conv_block(nn.Module):  # noqa: N801 - the seed's name
         return out + residual
 
 
+class SeedPool(nn.AvgPool2d):
+    """The seed's `AvgPool2d(7)`, which gives one value per channel only on final maps of 7 to 13 pixels a side
+    (inputs of 28 to 55 pixels): on others it stops with what to use instead, not with the linear layer's shape
+    error (a larger map pools to 2×2 or more) or an empty output (a smaller one)."""
+
+    def __init__(self) -> None:
+        super().__init__(7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if not (7 <= height <= 13 and 7 <= width <= 13):
+            raise ValueError(
+                f"pooling=seed (the seed's AvgPool2d(7)) needs a final feature map of 7 to 13 pixels a side, from "
+                f"inputs of 28 to 55 pixels; this input gives {height}×{width}: use pooling=adaptive, which averages "
+                "a map of any size"
+            )
+        return super().forward(x)
+
+
 class _StagedNetwork(nn.Module):
     """The constructor both networks share: check the arguments, build the body (`_build`, per network), then the
     head every variant ends with (global pooling, flatten, linear layer), registered last as in the seed."""
@@ -83,7 +102,7 @@ class _StagedNetwork(nn.Module):
             raise ValueError(f"init must be 'pytorch' or 'wrn', got {init!r}")
         self.num_classes = num_classes
         self._build(in_channels, widths, blocks_per_stage, dropout)
-        self.pool = nn.AvgPool2d(7) if pooling == "seed" else nn.AdaptiveAvgPool2d(1)
+        self.pool = SeedPool() if pooling == "seed" else nn.AdaptiveAvgPool2d(1)
         self.flat = nn.Flatten()
         self.fc = nn.Linear(widths[-1], num_classes)
         if init == "wrn":
@@ -108,7 +127,8 @@ class WideResNet(_StagedNetwork):
         dropout: dropout probability between the two convolutions of each block (the seed uses 0.01).
         pooling: `adaptive` averages the whole final feature map, whatever the input size. `seed` is the seed's
             `AvgPool2d(7)`: on 32×32 inputs the final map is 8×8 and it averages only the top-left 7×7 of it
-            (the last row and column are dropped); it needs a final map of at least 7×7 (inputs ≥ 28×28).
+            (the last row and column are dropped); it needs a final map of 7×7 to 13×13 (inputs of 28 to 55
+            pixels a side).
         init: `pytorch` keeps each layer's default initialisation (as the seed's code does); `wrn` is the WRN
             authors' (see `Init`).
     """
