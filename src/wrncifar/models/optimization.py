@@ -47,12 +47,15 @@ SCHEDULES: tuple[str, ...] = get_args(Schedule)
 class ScheduleSettings:
     """Learning-rate schedule, stepped every optimizer step.
 
-    `cosine`: linear warmup over `warmup_epochs`, then cosine decay to `min_lr_ratio`·lr at the last step.
+    `cosine`: linear warmup over `warmup_epochs`, then cosine decay to `min_lr_ratio`·lr when training ends.
     `multistep`: linear warmup, then ×`gamma` at each epoch in `milestones` (the WRN paper: ×0.2 at 60/120/160).
     `constant`: linear warmup, then constant.
-    `onecycle`: linear rise to lr over `warmup_epochs`, then linear fall to `min_lr_ratio`·lr at the last step:
+    `onecycle`: linear rise to lr over `warmup_epochs`, then linear fall to `min_lr_ratio`·lr when training ends:
     the piecewise-linear one-cycle of fast CIFAR training (Smith & Topin 2017; Page's DAWNBench ResNet), which
     spends every step of a short budget either speeding up or annealing.
+
+    Each step trains at the lr of the steps done before it (`lr_factor`), so the floor is the lr after the last
+    step: the last step itself runs one step's decay above it.
     """
 
     name: Schedule = "cosine"
