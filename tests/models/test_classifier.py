@@ -55,6 +55,23 @@ def test_the_schedules_epochs_are_the_loaders_when_max_steps_ends_the_run_first(
     assert lrs.lrs == [0.1] * batches + [0.05] * (10 - batches)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_evaluation_loss_is_plain_cross_entropy_whatever_the_training_smoothing() -> None:
+    """val/ and test/loss compare runs trained with any `label_smoothing` (a search dimension of the Optuna sweep)."""
+    net = tiny_net()
+    images, labels = torch.randn(6, 3, 32, 32), torch.arange(6)
+    losses = []
+    for smoothing in (0.0, 0.2):
+        module = ImageClassifier(net, label_smoothing=smoothing).eval()
+        with torch.no_grad():
+            module.validation_step((images, labels), 0)
+        losses.append(module.val_loss.compute())
+    with torch.no_grad():
+        plain = nn.functional.cross_entropy(net.eval()(images), labels)
+    torch.testing.assert_close(losses[0], plain)
+    torch.testing.assert_close(losses[1], plain)
+
+
 def test_best_validation_accuracy_survives_a_checkpoint_round_trip() -> None:
     module = ImageClassifier(tiny_net())
     module.val_acc_best.update(torch.tensor(0.7))

@@ -205,10 +205,10 @@ class ImageClassifier(LightningModule):
         images, labels = batch
         with self._evaluation_compilation():
             logits = self(images)
-        # Per-image losses: their mean over the epoch weighs every image alike, whatever the batch sizes.
-        losses = nn.functional.cross_entropy(
-            logits, labels, label_smoothing=self.criterion.label_smoothing, reduction="none"
-        )
+        # Per-image losses: their mean over the epoch weighs every image alike, whatever the batch sizes. Plain
+        # cross-entropy (no label smoothing, which is a training device): the model's own negative log-likelihood,
+        # comparable across runs with any smoothing, and the evaluation report's `loss`.
+        losses = nn.functional.cross_entropy(logits, labels, reduction="none")
         loss_metric.update(losses)
         acc.update(logits, labels)
         acc_top5.update(logits, labels)
