@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as _OptunaSweeper
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,12 @@ class OptunaSweeper(_OptunaSweeper):
             except StudySettingsError as err:
                 log.error("%s", err)
                 raise SystemExit(1) from err
+        # As Hydra's grid sweeper does: the command's config, with its overrides, where the jobs find which keys the
+        # search varies, those of hydra.sweeper.params and those given on the command line (`choice(…)`,
+        # `interval(…)`), to name their W&B runs by them (`wrncifar.run.tracking.sweep_group_and_name`).
+        sweep_dir = Path(str(self.sweeper.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.sweeper.config, sweep_dir / "multirun.yaml")
         asked = keep_asked_trials(self.sweeper)
         try:
             return super().sweep(arguments)

@@ -272,6 +272,8 @@ def test_optuna_trials_that_end_without_a_value_are_told_fail_and_summarised_wit
     )
     study = optuna.load_study(study_name="wrn_cifar100", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+    # The command's record, from which jobs name their W&B runs by the keys searched, the command line's too.
+    assert "trainer=choice(cpu,cpux)" in OmegaConf.load(tmp_path / "sweep" / "multirun.yaml").hydra.overrides.task
 
 
 def test_a_grid_refused_before_any_job_leaves_no_folder(tmp_path: Path) -> None:
