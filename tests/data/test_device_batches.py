@@ -18,6 +18,7 @@ from wrncifar.data.device_batches import (
     DeviceMemoryError,
     EpochDraw,
     EpochSampler,
+    MidEpochResumeError,
     check_fits_on_device,
 )
 from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
@@ -264,6 +265,93 @@ def test_evaluation_shards_cover_every_sample_once_with_an_odd_count() -> None:
     served = [labels_of(list(shard)) for shard in shards]
     assert [len(labels) for labels in served] == [26, 25] == [shard.samples_per_rank for shard in shards]
     assert torch.equal(torch.cat(served).sort().values, torch.arange(51))
+
+
+def epoch_over_resumes(world_sizes: tuple[int, ...], steps: int, n: int, **kwargs) -> list[list[list]]:
+    """Epoch 2 of seed 3 trained by a run on `world_sizes[0]` processes, interrupted after `steps` batches each,
+    resumed from rank 0's state on `world_sizes[1]` processes, and so on; the last run trains to the epoch's end.
+    The ranks are loaders with an explicit rank and world size, as a DDP run's processes build them. Returns each
+    run's batches, per rank."""
+    runs, state = [], None
+    for run, world_size in enumerate(world_sizes):
+        ranks = [
+            loader(n, seed=99 if state else 3, rank=rank, world_size=world_size, **kwargs) for rank in range(world_size)
+        ]
+        if state is not None:
+            for ranked in ranks:
+                ranked.load_state_dict(state)
+        if run == len(world_sizes) - 1:
+            runs.append([epoch(ranked, 2) for ranked in ranks])
+            break
+        for ranked in ranks:
+            ranked.sampler.set_epoch(2)
+        served = [iter(ranked) for ranked in ranks]
+        runs.append([[next(batches) for _ in range(steps)] for batches in served])
+        state = ranks[0].state_dict()  # rank 0 saves the checkpoint
+    return runs
+
+
+def assert_processes_step_together(runs: list[list[list]]) -> None:
+    for run in runs:
+        assert len({len(batches) for batches in run}) == 1, "DDP processes must take the same number of steps"
+
+
+@pytest.mark.parametrize(
+    "world_sizes", [(2, 1), (1, 2), (2, 3), (3, 2), (2, 2), (2, 3, 1)], ids=lambda sizes: "to".join(map(str, sizes))
+)
+def test_a_mid_epoch_resume_on_another_number_of_processes_trains_every_image_of_the_epoch_once(
+    world_sizes: tuple[int, ...],
+) -> None:
+    """60 images in batches of 5: e.g. 2 processes train 2 batches each (20 images), 3 processes take the other 40
+    (14, 13 and 13: three steps each); every image with the crop and flip the epoch drew for it."""
+    runs = epoch_over_resumes(world_sizes, steps=2, n=60, batch_size=5)
+    assert_processes_step_together(runs)
+    served = [batch for run in runs for batches in run for batch in batches]
+    labels = labels_of(served)
+    assert torch.equal(labels.sort().values, torch.arange(60)), f"served {len(labels)}, {len(labels.unique())} distinct"
+    (whole_images, whole_labels), *_ = epoch(loader(60, batch_size=60, seed=3), 2)
+    by_label = torch.empty_like(whole_images)
+    by_label[whole_labels] = whole_images
+    assert torch.equal(torch.cat([images for images, _ in served]), by_label[labels])
+
+
+def test_a_mid_epoch_resume_on_more_processes_with_drop_last_drops_only_the_end_of_the_order() -> None:
+    """With `drop_last` the 40 images left after 2 processes' 2 batches of 5 give 3 processes 2 full batches each:
+    the 10 last of the epoch's order fill no batch on every process and are dropped, none is repeated."""
+    runs = epoch_over_resumes((2, 3), steps=2, n=60, batch_size=5, drop_last=True)
+    assert_processes_step_together(runs)
+    served = [batch for run in runs for batches in run for batch in batches]
+    assert all(len(labels) == 5 for _, labels in served)
+    order = labels_of(epoch(loader(60, batch_size=60, seed=3), 2))
+    assert torch.equal(labels_of(served).sort().values, order[:50].sort().values)
+
+
+def test_a_mid_epoch_resume_whose_rest_the_processes_cannot_step_through_together_is_refused() -> None:
+    """41 images, 1 process trains 2 batches of 5: the 31 left would be 16 and 15 on 2 processes, 4 steps and 3."""
+    interrupted = loader(41, batch_size=5, seed=3)
+    interrupted.sampler.set_epoch(2)
+    served = iter(interrupted)
+    next(served), next(served)
+    with pytest.raises(MidEpochResumeError) as error:
+        loader(41, batch_size=5, rank=1, world_size=2).load_state_dict(interrupted.state_dict())
+    message = str(error.value)
+    assert "saved mid-epoch by 1 process, 10 of the epoch's 41 images trained" in message
+    assert "the 31 left cannot be split among 2 processes in batches of 5" in message
+    assert "Resume it with 1 process, as saved" in message and "epoch_<n>.ckpt" in message
+
+
+def test_a_state_saved_without_the_epochs_position_resumes_as_before_on_as_many_processes() -> None:
+    """Checkpoints written before `epoch_served` hold each process's `served`: read under as many processes."""
+    for rank in range(2):
+        interrupted = loader(60, batch_size=5, seed=3, rank=rank, world_size=2)
+        interrupted.sampler.set_epoch(2)
+        served = iter(interrupted)
+        next(served), next(served)
+        state = {key: interrupted.state_dict()[key] for key in ("seed", "epoch", "position", "served")}
+        resumed = loader(60, batch_size=5, seed=99, rank=rank, world_size=2)
+        resumed.load_state_dict(state)
+        whole = epoch(loader(60, batch_size=5, seed=3, rank=rank, world_size=2), 2)
+        assert_same_batches(epoch(resumed, 2), whole[2:])
 
 
 def stand_in_trainer(

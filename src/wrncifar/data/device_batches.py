@@ -8,9 +8,9 @@ the padded image (zeros or the mirrored image), flips with probability 1/2, and 
 as the CPU path's `Cutout` places it.
 
 The order and augmentation of an epoch are drawn at its start from a CPU generator seeded by (seed, epoch), so
-an epoch is a pure function of both, whatever the device; with the number of batches already served this is the
-loader's whole state (`state_dict`), which Lightning saves in checkpoints, so a resumed run continues the same
-permutation.
+an epoch is a pure function of both, whatever the device; with how many images of that order all processes together
+have served this is the loader's whole state (`state_dict`), which Lightning saves in checkpoints, so a resumed run
+continues the same permutation, with another batch size or number of processes too.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch.nn import functional
 
+from wrncifar.data.arrays import DataSettingsError
 from wrncifar.data.transforms import CutoutPlacement, PaddingMode, cutout_corner
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -155,6 +156,10 @@ class DeviceBatches:
         drop_last: drop the last incomplete batch.
         rank, world_size: under DDP each process takes every world_size-th sample of the epoch's order
             (in training, the same number per process).
+
+    The processes serve the epoch's order interleaved and step together, so what they have served is always a
+    prefix of it: the state saves its length (`epoch_served`), and a run resumed mid-epoch splits the rest the same
+    way among its own processes, however many.
     """
 
     batch_sampler = None  # DataLoader's attribute, read by Lightning next to `sampler`: batches are cut here
@@ -205,13 +210,22 @@ class DeviceBatches:
         self.shift = -mean_t / std_t
         self.position = 0  # batches served in the current epoch
         self.served = 0  # and the images of this process they held
-        self._resume_at: int | None = None  # the image of the epoch's order (this process's share) to resume at
+        self.epoch_served = 0  # images of the epoch's order served by all processes together: a prefix of it
+        self.epoch_images = self._epoch_images()  # the images of the order this epoch serves, a prefix too
+        self._resume_at: tuple[int, int] | None = None  # (epoch_served, epoch_images) to resume the epoch at
 
     @property
     def samples_per_rank(self) -> int:
+        return self._shares(0, self._epoch_images())[self.rank]
+
+    def _epoch_images(self) -> int:
         n = len(self.labels)
         # Training ranks must run the same number of steps; evaluation keeps every sample.
-        return n // self.world_size if self.train else len(range(self.rank, n, self.world_size))
+        return n - n % self.world_size if self.train else n
+
+    def _shares(self, start: int, end: int) -> list[int]:
+        """The images each process takes of the order's [start, end): every world_size-th from start + rank."""
+        return [len(range(start + rank, end, self.world_size)) for rank in range(self.world_size)]
 
     def __len__(self) -> int:
         return self._batches(self.samples_per_rank)
@@ -221,15 +235,17 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         # A generator: its body runs at the first next(), after Lightning's set_epoch of this epoch.
-        start, self._resume_at = self._resume_at or 0, None
-        self.position, self.served = 0, start
+        start, end = self._resume_at or (0, self._epoch_images())
+        self._resume_at = None
+        self.position, self.epoch_served, self.epoch_images = 0, start, end
+        self.served = len(range(self.rank, start, self.world_size))
         draw = self.sampler.draw(len(self.labels), self.images.device)
-        per_rank = self.samples_per_rank
-        mine = slice(self.rank, self.rank + per_rank * self.world_size, self.world_size)
+        shares = self._shares(start, end)
+        mine = slice(start + self.rank, end, self.world_size)
         order, dy, dx, flip = draw.order[mine], draw.dy[mine], draw.dx[mine], draw.flip[mine]
         cutout_y, cutout_x = draw.cutout_y[mine], draw.cutout_x[mine]
-        for step in range(self._batches(per_rank - start)):
-            take = slice(start + step * self.batch_size, start + (step + 1) * self.batch_size)
+        for step in range(self._steps(shares)):
+            take = slice(step * self.batch_size, (step + 1) * self.batch_size)
             index = order[take]
             images = self.images[index]
             if self.train and (self.sampler.crop_padding or self.sampler.flip):
@@ -237,29 +253,68 @@ class DeviceBatches:
                     images, self.sampler.crop_padding, dy[take], dx[take], flip[take], self.crop_padding_mode
                 )
             # Counted before the yield: a checkpoint taken while this batch trains resumes after it.
-            self.position, self.served = step + 1, min(take.stop, per_rank)
+            self.position = step + 1
+            self.epoch_served = start + sum(min(take.stop, share) for share in shares)
+            self.served = len(range(self.rank, self.epoch_served, self.world_size))
             images = images.float().mul_(self.scale).add_(self.shift)
             if self.sampler.cutout:
                 images = cutout(images, self.sampler.cutout, cutout_y[take], cutout_x[take])
             yield images, self.labels[index]
 
+    def _steps(self, shares: list[int]) -> int:
+        # Training processes step together; evaluation serves each process's share whole.
+        if not self.train:
+            return self._batches(shares[self.rank])
+        return min(self._batches(share) for share in shares)
+
     def state_dict(self) -> dict[str, Any]:
+        """`served` (this process's share) is what loaders before `epoch_served` read, under as many processes."""
         return {
             "seed": self.sampler.seed,
             "epoch": self.sampler.epoch,
             "position": self.position,
             "served": self.served,
+            "epoch_served": self.epoch_served,
+            "epoch_images": self.epoch_images,
+            "world_size": self.world_size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the epoch of `state` after the images it had served, in batches of this loader's size: a run
-        resumed with another `batch_size` trains the rest of the interrupted epoch's images once each. (A state
-        from before `served` was saved counts its batches at this size.)"""
+        """Continue the epoch of `state` after the images its processes had served, in batches of this loader's
+        size split among this loader's processes: a run resumed with another `batch_size` or number of processes
+        trains the rest of the interrupted epoch's images once each (with `drop_last`, those that fill a batch on
+        every process). MidEpochResumeError where the processes cannot take the same number of steps through the
+        rest. (A state from before `epoch_served` was saved counts this process's `served`, or its batches at this
+        size, under as many processes as now.)"""
         self.sampler.seed = int(state["seed"])
         self.sampler.epoch = int(state["epoch"])
-        served = int(state.get("served", int(state["position"]) * self.batch_size))
+        if "epoch_served" in state:
+            start, end = int(state["epoch_served"]), int(state["epoch_images"])
+            saved_by = int(state["world_size"])
+        else:
+            served = int(state.get("served", int(state["position"]) * self.batch_size))
+            start, end, saved_by = served * self.world_size, self._epoch_images(), self.world_size
+        shares = self._shares(start, end)
+        steps = {self._batches(share) for share in shares}
+        if self.train and not self.drop_last and len(steps) > 1:
+            raise MidEpochResumeError(
+                f"the checkpoint was saved mid-epoch by {_processes(saved_by)}, {start:,} of the epoch's {end:,} "
+                f"images trained; the {end - start:,} left cannot be split among {_processes(self.world_size)} in "
+                f"batches of {self.batch_size} so that each trains the same number of steps (it would take "
+                f"{min(steps)} on some, {max(steps)} on others). Resume it with {_processes(saved_by)}, as saved "
+                "(trainer.devices × trainer.num_nodes), or from a checkpoint saved at an epoch's end "
+                "(ckpt_path=<run>/checkpoints/epoch_<n>.ckpt)"
+            )
         # A checkpoint taken at the end of an epoch resumes at the start of the next one.
-        self._resume_at = served if self._batches(self.samples_per_rank - served) > 0 else None
+        self._resume_at = (start, end) if self._steps(shares) > 0 else None
+
+
+class MidEpochResumeError(DataSettingsError):
+    """A checkpoint's mid-epoch position that this run's processes cannot continue exactly."""
+
+
+def _processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
 
 
 class DeviceMemoryError(RuntimeError):
