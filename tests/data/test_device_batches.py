@@ -499,7 +499,14 @@ STEPS_PER_EPOCH = 5  # 10 classes × (10 - 2 validation) images / 16 per batch
 INTERRUPTED_AT = STEPS_PER_EPOCH + 2  # mid-way through the second epoch
 
 
-def fit(callbacks: list[Callback], ckpt_path: Path | None = None, max_steps: int = -1, seed: int = 7) -> None:
+def fit(
+    callbacks: list[Callback],
+    ckpt_path: Path | None = None,
+    max_steps: int = -1,
+    seed: int = 7,
+    batch_size: int = 16,
+    epochs: int = EPOCHS,
+) -> None:
     seed_everything(seed, workers=True)
     net = WideResNet(num_classes=10, widths=[4, 8, 8, 8], blocks_per_stage=1)
     dm = SyntheticCIFAR100DataModule(
@@ -509,10 +516,10 @@ def fit(callbacks: list[Callback], ckpt_path: Path | None = None, max_steps: int
         test_per_class=1,
         on_device=True,
         num_workers=0,
-        batch_size=16,
+        batch_size=batch_size,
     )
     trainer = quiet_trainer(
-        callbacks, max_epochs=EPOCHS, max_steps=max_steps, num_sanity_val_steps=0, limit_val_batches=0
+        callbacks, max_epochs=epochs, max_steps=max_steps, num_sanity_val_steps=0, limit_val_batches=0
     )
     trainer.fit(ImageClassifier(net), datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
 
@@ -535,6 +542,29 @@ def test_lightning_run_resumed_mid_epoch_trains_on_the_same_batches_as_an_uninte
     fit([after], ckpt_path=Path(checkpoint.best_model_path), seed=8)
     # The rest of the interrupted epoch, then nothing: no batch repeated, none skipped, same augmentation.
     assert_same_batches(after.batches, uninterrupted.batches[INTERRUPTED_AT:])
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+@pytest.mark.parametrize("new_batch_size", [8, 32, 48])
+def test_lightning_run_resumed_mid_epoch_with_another_batch_size_trains_the_rest_of_the_epoch(
+    tmp_path: Path, new_batch_size: int
+) -> None:
+    """Lightning counts the interrupted epoch's batches in the saved batch size: the rest, in another size, is
+    trained whole (more batches than Lightning expects, or fewer), then the next epoch is whole too."""
+    uninterrupted = RecordBatches()
+    fit([uninterrupted], epochs=3)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=INTERRUPTED_AT)
+    fit([checkpoint], max_steps=INTERRUPTED_AT)
+
+    after = RecordBatches()
+    fit([after], ckpt_path=Path(checkpoint.best_model_path), batch_size=new_batch_size, epochs=3)
+    rest, third = (
+        torch.cat([images for images, _ in uninterrupted.batches[start:stop]])
+        for start, stop in [(INTERRUPTED_AT, 2 * STEPS_PER_EPOCH), (2 * STEPS_PER_EPOCH, None)]
+    )
+    sizes = [len(b) for part in (rest, third) for b in torch.arange(len(part)).split(new_batch_size)]
+    assert [len(images) for images, _ in after.batches] == sizes
+    torch.testing.assert_close(torch.cat([images for images, _ in after.batches]), torch.cat([rest, third]))
 
 
 @pytest.mark.gpu

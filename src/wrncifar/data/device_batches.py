@@ -15,11 +15,13 @@ continues the same permutation, with another batch size or number of processes t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+from lightning.pytorch import Trainer
 from torch.nn import functional
 
 from wrncifar.data.arrays import DataSettingsError
@@ -213,6 +215,9 @@ class DeviceBatches:
         self.epoch_served = 0  # images of the epoch's order served by all processes together: a prefix of it
         self.epoch_images = self._epoch_images()  # the images of the order this epoch serves, a prefix too
         self._resume_at: tuple[int, int] | None = None  # (epoch_served, epoch_images) to resume the epoch at
+        # (batches of the resumed epoch the checkpoint counts, batches this loader serves of its rest); None when
+        # the run did not resume mid-epoch: what `count_resumed_epoch` tells Lightning.
+        self.resumed: tuple[int, int] | None = None
 
     @property
     def samples_per_rank(self) -> int:
@@ -307,6 +312,28 @@ class DeviceBatches:
             )
         # A checkpoint taken at the end of an epoch resumes at the start of the next one.
         self._resume_at = (start, end) if self._steps(shares) > 0 else None
+        self.resumed = (int(state["position"]), self._steps(shares)) if self._resume_at else None
+
+
+def count_resumed_epoch(trainer: Trainer) -> None:
+    """Make Lightning count the batches of a resumed epoch in this run's batches (at `on_train_start`, before the
+    epoch starts), so that it ends the epoch when the loader has served the rest of it.
+
+    Lightning restores the count of the interrupted epoch's batches the checkpoint saved, in the batch size and
+    number of processes of the run that saved it, and ends an epoch once its count reaches this run's batches per
+    epoch. Resumed with another batch size or number of processes, the rest of the epoch is another number of
+    batches: Lightning would stop before the last of them, or its count would run past the end. Its count is set to
+    this run's batches per epoch less the batches the on-device loader has left (`DeviceBatches.resumed`); other
+    loaders are left as they are."""
+    loader = trainer.train_dataloader
+    resumed = loader.resumed if isinstance(loader, DeviceBatches) else None
+    if resumed is None or not math.isfinite(trainer.num_training_batches):
+        return
+    counted, left = resumed
+    shift = max(0, int(trainer.num_training_batches) - left) - counted
+    progress = trainer.fit_loop.epoch_loop.batch_progress.current
+    progress.ready, progress.started = progress.ready + shift, progress.started + shift
+    progress.processed, progress.completed = progress.processed + shift, progress.completed + shift
 
 
 class MidEpochResumeError(DataSettingsError):

@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from wrncifar.data.device_batches import count_resumed_epoch
 from wrncifar.models.batch_mixing import MixingSettings, build_batch_mixing
 from wrncifar.models.compilation import (
     CompileScope,
@@ -166,6 +167,9 @@ class ImageClassifier(LightningModule):
         if self.class_names:
             for logger in self.loggers:
                 logger.log_hyperparams({"data/classes": list(self.class_names)})
+
+    def on_train_start(self) -> None:
+        count_resumed_epoch(self.trainer)  # a mid-epoch resume with another batch size trains the epoch's rest
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
