@@ -15,6 +15,11 @@ class GpuMemory(Callback):
     The allocator's counters are read on the host: no device sync.
     """
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A run resumed mid-epoch starts without `on_train_epoch_start`: its epoch's peak starts here, not with the
+        # set-up (the data copied to the GPU, compilation, the sanity validation).
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
