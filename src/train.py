@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from wrncifar.callbacks.early_signals import record_early_signals
-from wrncifar.callbacks.start_up import begin_job, phase_done
+from wrncifar.callbacks.start_up import begin_job, imported_early, phase_done
 from wrncifar.run.command_line import hydra_arguments
 
 
@@ -35,4 +35,6 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     record_early_signals()  # SLURM's SIGUSR1 or SIGTERM during start-up stops the run cleanly once training starts
     sys.argv[1:] = hydra_arguments(sys.argv[1:], resumable=True)
+    if "torch" in sys.modules:  # resume= read the run's checkpoints: the start-up line credits the import to it
+        imported_early()
     main()

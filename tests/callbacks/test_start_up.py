@@ -62,3 +62,13 @@ def test_a_run_without_the_entry_script_says_its_first_phase_holds_all_before_it
 def test_an_unknown_phase_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown start-up phase 'compile'; known: hydra, imports"):
         start_up.phase_done("compile")
+
+
+def test_a_resume_credits_the_imports_before_hydra_to_its_first_phase_in_its_first_job_only() -> None:
+    start_up.imported_early()  # src/train.py, when resume= imported torch to read the run
+    start_up.begin_job()
+    start_up.phase_done("hydra")
+    assert start_up.phase_times()[0][0] == "Python, Hydra and torch (imported to read the run to resume)"
+    start_up.begin_job()  # a later job in the same process imports nothing before Hydra
+    start_up.phase_done("hydra")
+    assert start_up.phase_times()[0][0] == "Python and Hydra"

@@ -28,6 +28,7 @@ class _Clock:
         self.start: float | None = None  # None: from the start of the process
         self.jobs = 0
         self.marks: dict[str, float] = {}
+        self.imports_first = False  # torch and the project were imported before Hydra started (`imported_early`)
 
 
 _clock = _Clock()
@@ -39,6 +40,13 @@ def begin_job() -> None:
     _clock.jobs += 1
     _clock.start = None if _clock.jobs == 1 else time.time()
     _clock.marks = {}
+    _clock.imports_first = _clock.imports_first and _clock.jobs == 1
+
+
+def imported_early() -> None:
+    """Record that the command imported torch and the project before Hydra started (`resume=` reads the run's
+    checkpoints to expand its command line): the first phase holds those imports, and its label says so."""
+    _clock.imports_first = True
 
 
 def phase_done(name: str) -> None:
@@ -71,6 +79,8 @@ def phase_times() -> list[tuple[str, float]]:
         at = _clock.marks[name]
         if not times and name != "hydra":
             label = f"{label} and all before it"
+        elif name == "hydra" and _clock.imports_first:
+            label = "Python, Hydra and torch (imported to read the run to resume)"
         times.append((label, at - previous))
         previous = at
     return times
