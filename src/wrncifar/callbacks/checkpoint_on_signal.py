@@ -13,12 +13,20 @@ from typing import Any
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from wrncifar.callbacks.early_signals import early_signal, forget_early_signal, is_early_signals_handler
 from wrncifar.callbacks.torchrun import torchrun_launch
 
 log = logging.getLogger(__name__)
+
+
+def validating_in_fit(trainer: Trainer) -> bool:
+    """Whether `trainer` is running a validation of `fit` (a stop there would save a checkpoint cut mid-validation,
+    with the epoch's metrics and best checkpoint missing, and EMA's averaged weights in place of the raw ones)."""
+    return trainer.state.fn == TrainerFn.FITTING and trainer.state.stage == RunningStage.VALIDATING
+
 
 # The checkpoint key naming the SLURM job that saved it: a requeued job resumes only from its own checkpoints.
 SLURM_JOB_KEY = "slurm_job"
@@ -65,13 +73,16 @@ class CheckpointOnSignal(Callback):
 
     A stop signal that arrived before training started (recorded by `wrncifar.callbacks.early_signals`) stops the run
     as soon as training starts, before the first step: nothing to save, and in SLURM the job is requeued for
-    SIGUSR1 and starts again cleanly.
+    SIGUSR1 and starts again cleanly. One that arrives during a validation of `fit` stops the run when the
+    validation has ended (its metrics logged, its epoch checkpoint saved); one during the test after `fit` stops
+    the test and saves nothing: `last.ckpt` stays the end of training.
     """
 
     def __init__(self, dirpath: str | Path) -> None:
         self.dirpath = Path(dirpath)
         self.signum: int | None = None
         self.before_training = False  # stopped before the first step of this process: nothing new to save
+        self.after_validation = False  # a signal arrived during a validation of fit: stop once it has ended
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         connector = trainer._signal_connector
@@ -87,11 +98,16 @@ class CheckpointOnSignal(Callback):
 
             def handler(num: int, frame: Any, previous: Any = previous) -> None:
                 self.signum = self.signum or num  # the first signal says why the run stopped
-                connector.received_sigterm = True  # Lightning stops after the current step
                 if num == signal.SIGINT:
                     signal.signal(num, previous)  # the next Ctrl-C interrupts at once
                 elif callable(previous) and num == signal.SIGTERM:
-                    previous(num, frame)
+                    previous(num, frame)  # Lightning's passes it on to the processes it started
+                if validating_in_fit(trainer):
+                    # The stop waits for the validation's end (`on_validation_end`); Lightning's handler would
+                    # have stopped it after the current batch.
+                    self.after_validation, connector.received_sigterm = True, False
+                else:
+                    connector.received_sigterm = True  # Lightning stops after the current step
 
             signal.signal(signum, handler)
         early = early_signal()
@@ -109,13 +125,22 @@ class CheckpointOnSignal(Callback):
         if launch:
             checkpoint[TORCHRUN_LAUNCH_KEY] = launch
 
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.after_validation:  # the validation is whole: its metrics logged, its epoch checkpoint saved
+            self.after_validation = False
+            trainer._signal_connector.received_sigterm = True
+
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return
         signum = self.signum or signal.SIGTERM
+        # The test after fit (or another stage) holds other weights than training's last (the best checkpoint's):
+        # the checkpoints training saved are whole, and `last.ckpt` is left as training ended.
+        fitting = trainer.state.fn == TrainerFn.FITTING
         # For the entry point's exit status (128 + signum) and message.
-        exception.signum, exception.saved, exception.requeued = signum, not self.before_training, False
-        if not self.before_training:
+        exception.signum, exception.requeued = signum, False
+        exception.saved, exception.after_training = fitting and not self.before_training, not fitting
+        if exception.saved:
             path = self.dirpath / "last.ckpt"
             trainer.save_checkpoint(path, weights_only=False)  # the full state: a resume continues from it
             # On disk before the job is requeued (and killed) or the process exits: a checkpoint IO that writes in

@@ -87,6 +87,13 @@ def run(task: Callable[[DictConfig], T], cfg: DictConfig) -> T | None:
         name = signal.Signals(signum).name
         if getattr(err, "requeued", False):
             log.warning("Stopped by %s; the SLURM job is requeued and continues in %s", name, folder)
+        elif getattr(err, "after_training", False):
+            log.warning(
+                "Stopped by %s after training had ended, during the test: the checkpoints in %s/checkpoints are "
+                "whole; test the best one with python src/eval.py ckpt_path=<it>",
+                name,
+                folder,
+            )
         elif not getattr(err, "saved", True):
             log.warning(
                 "Stopped by %s before training started: nothing was saved; run the same command again (with a "
