@@ -4,6 +4,7 @@ hand, validation with the averaged weights, the checkpoint's contents, and a mid
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -137,6 +138,20 @@ def test_testing_the_best_checkpoint_right_after_fit_evaluates_the_average(tmp_p
     assert_close_states(tested, net_state(saved["state_dict"]))
     raw = net_state(saved["current_model_state"])
     assert any(not torch.allclose(tested[k], raw[k]) for k in raw)
+
+
+def test_the_average_is_made_on_the_device_the_model_will_train_on() -> None:
+    """Callbacks are set up before the strategy moves the model: the average goes to the strategy's device (on a
+    GPU, not the CPU the model was built on), unless the callback was given one."""
+    module = ImageClassifier(WideResNet(num_classes=10, widths=[4, 8, 8, 8], blocks_per_stage=1))
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))  # no GPU needed
+    ema = ExponentialMovingAverage()
+    ema.setup(trainer, module, "fit")
+    assert {p.device.type for p in ema._average_model.parameters()} == {"meta"}
+    assert {p.device.type for p in module.parameters()} == {"cpu"}, "the model itself is the strategy's to move"
+    given = ExponentialMovingAverage(device="cpu")
+    given.setup(trainer, module, "fit")
+    assert {p.device.type for p in given._average_model.parameters()} == {"cpu"}
 
 
 def test_callbacks_ema_adds_the_ema_to_the_default_callbacks(make_config) -> None:

@@ -21,10 +21,18 @@ class ExponentialMovingAverage(EMAWeightAveraging):
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        with warnings.catch_warnings():
-            # ImageClassifier.configure_model only compiles in place; nothing is sharded that the copy could miss.
-            warnings.filterwarnings("ignore", message="You're using the WeightAveraging callback with a model that")
-            super().setup(trainer, pl_module, stage)
+        # The average lives on the device the model trains on. Lightning's callback puts it on the model's device at
+        # `setup`, which comes before the strategy moves the model there: a GPU run's average stayed on the CPU, and
+        # every step copied all the weights to it and waited. (A device given to the callback is kept.)
+        given = self._device
+        self._device = given if given is not None else trainer.strategy.root_device
+        try:
+            with warnings.catch_warnings():
+                # ImageClassifier.configure_model only compiles in place; nothing is sharded that the copy could miss.
+                warnings.filterwarnings("ignore", message="You're using the WeightAveraging callback with a model that")
+                super().setup(trainer, pl_module, stage)
+        finally:
+            self._device = given
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
