@@ -77,6 +77,35 @@ def test_grayscale_palette_and_cmyk_images_become_rgb(tmp_path: Path) -> None:
     assert mode == "CMYK" and image.shape == (3, 16, 16)
 
 
+def test_a_16_bit_grayscale_png_is_scaled_to_8_bits_not_clipped(tmp_path: Path) -> None:
+    ramp = np.tile(np.linspace(0, 65535, 32).round().astype(np.uint16), (32, 1))  # each row 0 … 65535
+    Image.fromarray(ramp).save(tmp_path / "depth16.png")
+    inputs = read_images(tmp_path / "depth16.png", 32)
+    assert dict(inputs.conversions) == {"I;16": 1}
+    image = inputs.images[0]
+    assert all(torch.equal(image[c], image[0]) for c in range(3))
+    row = image[0, 0].int()
+    assert row[0] == 0 and row[-1] == 255 and bool((row.diff() > 0).all()), row.tolist()
+    assert torch.equal(image[0], torch.from_numpy(np.rint(ramp / 257).astype(np.uint8)))
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (np.array([0, 257, 32896, 65535], np.int32), [0, 1, 128, 255]),  # fits 16 bits: that range
+        (np.array([-100, 0, 100, 155], np.int32), [0, 100, 200, 255]),  # does not: its own min–max
+        (np.array([0.0, 0.5, 1.0, 0.25], np.float32), [0, 128, 255, 64]),  # floats in 0–1: that range
+        (np.array([-1.0, 0.0, 3.0, np.nan], np.float32), [0, 64, 255, 64]),  # otherwise min–max, NaN as 0
+    ],
+    ids=["I 16-bit", "I other", "F 0-1", "F other"],
+)
+def test_32_bit_and_float_grayscale_are_scaled_to_8_bits(tmp_path: Path, values: np.ndarray, expected: list) -> None:
+    Image.fromarray(values.reshape(1, 4)).save(tmp_path / "deep.tif")
+    image, mode = read_image_file(tmp_path / "deep.tif")
+    assert mode == ("F" if values.dtype == np.float32 else "I")
+    assert image[:, 0].tolist() == [expected] * 3
+
+
 def test_transparent_pixels_are_composited_onto_white(tmp_path: Path) -> None:
     rgba = np.zeros((8, 8, 4), dtype=np.uint8)
     rgba[..., :3] = (10, 20, 30)

@@ -8,9 +8,11 @@ What `predict.py input=…` reads:
   own array export), and optionally their names, N strings, under `names`.
 
 Every image is made RGB and fitted to S×S: its shorter side resized to S (bilinear, antialiased), then the centre
-S×S cut out, so nothing is stretched; an S×S image is left as it is. Colour modes: grayscale (L, 1, I;16) and
-palette images are converted to RGB by PIL; an alpha channel (RGBA, LA, a palette with transparency) is composited
-onto white, as an image viewer shows it; CMYK and YCbCr are converted; a JPEG's EXIF orientation is applied.
+S×S cut out, so nothing is stretched; an S×S image is left as it is. Colour modes: grayscale (L, 1) and palette
+images are converted to RGB by PIL; 16-bit, 32-bit and float grayscale (I;16, I, F: 16-bit PNGs, scientific TIFFs)
+are first scaled to 8 bits, as `to_8_bit` describes; an alpha channel (RGBA, LA, a palette with transparency) is
+composited onto white, as an image viewer shows it; CMYK and YCbCr are converted; a JPEG's EXIF orientation is
+applied.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ NPZ_IMAGES_KEYS = ("images", "data")
 NPZ_NAMES_KEY = "names"
 # Modes PIL converts to RGB as they are; those with an alpha channel are composited onto white instead.
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# Grayscale deeper than 8 bits: PIL's convert("RGB") clips their values to 0–255 (a 16-bit image comes out white).
+DEEP_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 class ImageInputError(ValueError):
@@ -120,7 +124,10 @@ def read_image_file(path: Path) -> tuple[torch.Tensor, str]:
 
 
 def as_rgb(image: Image.Image) -> Image.Image:
-    """`image` in RGB: an alpha channel composited onto white, any other mode converted by PIL."""
+    """`image` in RGB: an alpha channel composited onto white, deep grayscale scaled to 8 bits (`to_8_bit`), any
+    other mode converted by PIL."""
+    if image.mode in DEEP_GRAY_MODES:
+        image = to_8_bit(image)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ALPHA_MODES:
@@ -128,6 +135,26 @@ def as_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def to_8_bit(image: Image.Image) -> Image.Image:
+    """A grayscale image of a `DEEP_GRAY_MODES` mode as 8-bit grayscale (L), its values scaled linearly from:
+
+    - I;16 (I;16B, I;16L, I;16N): 0–65535, the full 16-bit range (65535 → 255);
+    - I (32-bit integers): 0–65535 when every value lies in it (older Pillow versions open a 16-bit PNG as I), otherwise
+      the image's own minimum–maximum;
+    - F (floats): 0–1 when every value lies in it (the usual convention of float images), otherwise the image's own
+      minimum–maximum (values in arbitrary units, as a depth map's); NaN and ±inf read as 0.
+
+    A constant image outside those ranges comes out black.
+    """
+    values = np.asarray(image, dtype=np.float64)
+    values = np.where(np.isfinite(values), values, 0.0)
+    low, high = 0.0, 1.0 if image.mode == "F" else 65535.0
+    if not image.mode.startswith("I;16") and (values.min() < low or values.max() > high):
+        low, high = values.min(), values.max()
+    scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    return Image.fromarray(np.rint(scaled).clip(0, 255).astype(np.uint8))
 
 
 def fit_to_square(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -32,9 +32,14 @@ class EpochSummary(Callback):
     - once, after `measure_steps` steps (the first step, which waits for data and compilation, not counted): the
       time per step and what it makes of the whole run; on the CPU, when that exceeds `cpu_warning_hours`, a
       warning that says what to run instead;
-    - after each epoch: its time (training and validation), `SUMMARY_METRICS`, the lr, images/s and the time left.
-      An epoch this process resumed in its middle (Lightning then skips `on_train_epoch_start`) is timed from the
-      resumed step, and its line says so.
+    - after each epoch: its time (training and validation), `SUMMARY_METRICS`, the lr its last step trained with,
+      images/s and the time left. An epoch this process resumed in its middle (Lightning then skips
+      `on_train_epoch_start`) is timed from the resumed step, and its line says so.
+
+    The lr is read as each training batch starts, not at the epoch's end: by then the schedule has already stepped
+    past the epoch's last step (a per-step schedule shows the next step's rate, 0 at the end of a cosine run; a
+    multistep one the lowered rate at its milestone). A batch that only accumulates gradients trains with the rate
+    of its window's optimizer step, which the schedule has not stepped past yet either.
 
     Images/s are the run's: under DDP, all processes' images together.
     """
@@ -50,6 +55,7 @@ class EpochSummary(Callback):
         self._window_images = 0
         self._clock = EpochClock()
         self._validated = False
+        self._lr: float | None = None  # of this epoch's latest step this process trained
 
     # The start-up phases this callback sees end (Lightning calls `setup` after the datamodule's, `on_fit_start`
     # once the strategy has set the model up).
@@ -67,14 +73,18 @@ class EpochSummary(Callback):
         self._measured, self._steps_seen = False, 0
         self._clock.reset()
         self._validated = False
+        self._lr = None
         phase_done("train-data")
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._clock.start()
         self._validated = False
+        self._lr = None
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._clock.batch_start(batch_idx)
+        if trainer.optimizers:
+            self._lr = trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -106,8 +116,8 @@ class EpochSummary(Callback):
         names = SUMMARY_METRICS if self._validated else SUMMARY_METRICS[:2]
         metrics = {name: trainer.callback_metrics[name] for name in names if name in trainer.callback_metrics}
         parts = [_epoch_done(trainer, clock, now, self._validated), format_metrics(metrics)]
-        if trainer.optimizers:
-            parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.4g}")
+        if self._lr is not None:  # None for an epoch resumed after its last step: nothing trained here
+            parts.append(f"lr {self._lr:.4g}")
         train_time = clock.training_seconds(now)
         if train_time > 0:
             parts.append(f"{clock.images / train_time:,.0f} images/s")
