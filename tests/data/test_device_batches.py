@@ -545,6 +545,26 @@ def test_lightning_run_resumed_mid_epoch_trains_on_the_same_batches_as_an_uninte
 
 
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+@pytest.mark.parametrize("batch_sizes", [(16, 16), (8, 16), (32, 8)], ids=["same", "smaller", "larger"])
+def test_a_run_resumed_twice_in_the_same_epoch_trains_its_rest_once(tmp_path: Path, batch_sizes) -> None:
+    """A resume of a resumed run, both in the same epoch (a job preempted again): the second checkpoint counts the
+    epoch's batches from its start as Lightning does, so the last resume neither ends the epoch early nor late."""
+    uninterrupted = RecordBatches()
+    fit([uninterrupted])
+    first = ModelCheckpoint(dirpath=tmp_path / "first", every_n_train_steps=STEPS_PER_EPOCH + 1)
+    fit([first], max_steps=STEPS_PER_EPOCH + 1)
+    middle, last = batch_sizes
+    second = ModelCheckpoint(dirpath=tmp_path / "second", every_n_train_steps=STEPS_PER_EPOCH + 2)
+    fit([second], ckpt_path=Path(first.best_model_path), max_steps=STEPS_PER_EPOCH + 2, batch_size=middle)
+    after = RecordBatches()
+    fit([after], ckpt_path=Path(second.best_model_path), batch_size=last)
+    trained = torch.cat([images for images, _ in after.batches])
+    done = 16 + middle  # images of the second epoch trained before the last resume
+    rest = torch.cat([images for images, _ in uninterrupted.batches[STEPS_PER_EPOCH:]])[done:]
+    torch.testing.assert_close(trained, rest)
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
 @pytest.mark.parametrize("new_batch_size", [8, 32, 48])
 def test_lightning_run_resumed_mid_epoch_with_another_batch_size_trains_the_rest_of_the_epoch(
     tmp_path: Path, new_batch_size: int

@@ -210,7 +210,7 @@ class DeviceBatches:
         mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = -mean_t / std_t
-        self.position = 0  # batches served in the current epoch
+        self.position = 0  # batches of the current epoch counted from its start, in this loader's batches
         self.served = 0  # and the images of this process they held
         self.epoch_served = 0  # images of the epoch's order served by all processes together: a prefix of it
         self.epoch_images = self._epoch_images()  # the images of the order this epoch serves, a prefix too
@@ -242,10 +242,14 @@ class DeviceBatches:
         # A generator: its body runs at the first next(), after Lightning's set_epoch of this epoch.
         start, end = self._resume_at or (0, self._epoch_images())
         self._resume_at = None
-        self.position, self.epoch_served, self.epoch_images = 0, start, end
+        self.epoch_served, self.epoch_images = start, end
         self.served = len(range(self.rank, start, self.world_size))
         draw = self.sampler.draw(len(self.labels), self.images.device)
         shares = self._shares(start, end)
+        # Batches are counted from the epoch's start in this loader's batches, as Lightning counts them (after
+        # `count_resumed_epoch`): a resumed epoch starts at those its rest leaves to a whole epoch.
+        counted = max(0, len(self) - self._steps(shares))
+        self.position = counted
         mine = slice(start + self.rank, end, self.world_size)
         order, dy, dx, flip = draw.order[mine], draw.dy[mine], draw.dx[mine], draw.flip[mine]
         cutout_y, cutout_x = draw.cutout_y[mine], draw.cutout_x[mine]
@@ -258,7 +262,7 @@ class DeviceBatches:
                     images, self.sampler.crop_padding, dy[take], dx[take], flip[take], self.crop_padding_mode
                 )
             # Counted before the yield: a checkpoint taken while this batch trains resumes after it.
-            self.position = step + 1
+            self.position = counted + step + 1
             self.epoch_served = start + sum(min(take.stop, share) for share in shares)
             self.served = len(range(self.rank, self.epoch_served, self.world_size))
             images = images.float().mul_(self.scale).add_(self.shift)
@@ -312,7 +316,9 @@ class DeviceBatches:
             )
         # A checkpoint taken at the end of an epoch resumes at the start of the next one.
         self._resume_at = (start, end) if self._steps(shares) > 0 else None
-        self.resumed = (int(state["position"]), self._steps(shares)) if self._resume_at else None
+        # States from before `epoch_served` count a resumed epoch's batches from the resume: not Lightning's count.
+        counted = int(state["position"]) if "epoch_served" in state else None
+        self.resumed = (counted, self._steps(shares)) if self._resume_at and counted is not None else None
 
 
 def count_resumed_epoch(trainer: Trainer) -> None:
