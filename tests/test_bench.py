@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import wrncifar.bench as bench
 from tests.conftest import HANG_TIMEOUT_S
 from wrncifar.bench import all_cases, main, selected_cases
 
@@ -88,6 +89,33 @@ def test_each_compiled_case_compiles_from_an_empty_cache_of_its_own(tmp_path, mo
     assert not (tmp_path / "users-cache").exists()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "users-cache")
     assert "TRITON_CACHE_DIR" not in os.environ
+
+
+def test_a_failing_case_is_recorded_with_its_error_and_the_cases_after_it_still_run(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """CUDA graphs, say, fail on a machine where they never ran: the bench goes on with the next case."""
+    timed = []
+
+    def time_case(case, *args, **kwargs) -> tuple[float, float, None]:
+        timed.append(case.name)
+        if case.name == "plain/device/bf16/cudagraphs":
+            raise RuntimeError("CUDA graph capture failed | on this machine\nmore detail")
+        return 0.5, 1.0, None
+
+    monkeypatch.setattr(bench, "time_case", time_case)
+    out = tmp_path / "bench.json"
+    cases = ["plain/device/bf16/eager", "plain/device/bf16/cudagraphs", "plain/device/bf16/compiled-blocks"]
+    assert main([*TINY, "--cases", *cases, "--json", str(out)]) == 1
+    assert timed == cases
+    report = json.loads(out.read_text())
+    assert [r["case"] for r in report["results"]] == [cases[0], cases[2]]
+    assert all(r["images_per_sec"] == 2 * 16 for r in report["results"])  # 2 steps of 16 images in 1 s
+    error = "RuntimeError: CUDA graph capture failed | on this machine"
+    assert report["failures"] == [{"case": cases[1], "error": error}]
+    printed = capsys.readouterr()
+    assert "| plain/device/bf16/cudagraphs | RuntimeError: CUDA graph capture failed / on this machine |" in printed.out
+    assert "Traceback" in printed.err and "more detail" in printed.err  # the whole error, on the console
 
 
 @pytest.mark.parametrize(

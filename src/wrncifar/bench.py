@@ -17,7 +17,9 @@ with the plain loop on the same pipeline, precision and compilation (b). Named w
 compilation variants run too, on the on-device path: `compiled-blocks` (regional compilation, each residual
 block on its own), `max-autotune` (Inductor's autotuned kernels, no CUDA graphs) and `cudagraphs`
 (`reduce-overhead`: CUDA graphs). Each compiled case starts from an empty compilation cache, so its `warmup_s`
-(the untimed first steps) is what a first run's compilation costs. The data pipeline alone is timed too:
+(the untimed first steps) is what a first run's compilation costs. A case that fails (a compilation mode this
+machine cannot run, say) is listed with its error, and the cases after it still run; the command then exits
+with 1. The data pipeline alone is timed too:
 augmented images/s of `DeviceBatches`, and of one DataLoader worker's PIL transforms. So is a checkpoint of the
 network with its SGD state: how long one save holds training up when written in the foreground, and in the
 background (the copy to host memory alone), and how long the background write then takes.
@@ -31,8 +33,10 @@ import gc
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -113,6 +117,12 @@ class Result:
 
 
 @dataclass
+class Failure:
+    case: str
+    error: str  # the exception's type and first line; its traceback went to the console
+
+
+@dataclass
 class Report:
     device: str
     torch: str
@@ -120,6 +130,7 @@ class Report:
     widths: list[int]
     train_flops_per_image: float
     results: list[Result] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     pipeline_images_per_sec: dict[str, float] = field(default_factory=dict)
     checkpoint_s: dict[str, float] = field(default_factory=dict)
     profile: str = ""
@@ -297,12 +308,16 @@ def lightning_fit(
         enable_model_summary=False,
         callbacks=[stopwatch],
     )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.fit(model, datamodule=datamodule)
-    # The datamodule is shared by the cases after this one: it lets go of this run's on-device training images
-    # (about 130 MiB of CIFAR-100 on the GPU), which would count in their peak memory.
-    datamodule.train_batches, datamodule.trainer = None, None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(model, datamodule=datamodule)
+    finally:
+        if device.type == "cuda":  # a fit that failed in its timed steps left it on (`Stopwatch.on_train_end`)
+            torch.cuda.set_sync_debug_mode("default")
+        # The datamodule is shared by the cases after this one: it lets go of this run's on-device training images
+        # (about 130 MiB of CIFAR-100 on the GPU), which would count in their peak memory.
+        datamodule.train_batches, datamodule.trainer = None, None
     syncs = [w for w in caught if "synchronizing" in str(w.message)]
     for w in syncs[:3]:
         print(f"host-device sync in a timed Lightning step: {w.filename}:{w.lineno}: {w.message}")
@@ -484,8 +499,16 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> Re
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         torch._dynamo.reset()
-        with empty_compile_cache():
-            warmup_s, seconds, syncs = time_case(case, args, datamodule, device)
+        try:
+            with empty_compile_cache():
+                warmup_s, seconds, syncs = time_case(case, args, datamodule, device)
+        except Exception as err:  # noqa: BLE001 - one case failing (CUDA graphs, say) costs the bench that case alone
+            traceback.print_exc()
+            report.failures.append(Failure(case.name, error_text(err)))
+            progress(f"{case.name}: failed: {report.failures[-1].error}")
+            if args.json:
+                write_json(report, args.json)
+            continue
         images_per_sec = args.steps * args.batch_size / seconds
         tflops = images_per_sec * report.train_flops_per_image / 1e12
         peak = peak_flops(device, PRECISIONS[case.precision][1] or torch.float32)
@@ -508,6 +531,12 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] = print) -> Re
     if args.profile:
         report.profile = top_kernels(case_named(args.profile), args, datamodule, device)
     return report
+
+
+def error_text(err: Exception) -> str:
+    """The exception's type and the first line of its message, short enough for a table's cell."""
+    first = next(iter(str(err).strip().splitlines()), "")
+    return f"{type(err).__name__}: {first}"[:300]
 
 
 @contextmanager
@@ -566,6 +595,9 @@ def markdown(report: Report) -> str:
             f"{r.tflops_per_sec:.3g} | {num(r.mfu, '.1%')} | {num(r.vs_naive, '.2f')} | "
             f"{num(r.vs_plain_device, '.3f')} | {num(r.host_syncs, 'd')} |"
         )
+    if report.failures:
+        lines += ["", "| case that failed | error |", "| --- | --- |"]
+        lines += [f"| {f.case} | {f.error.replace('|', '/')} |" for f in report.failures]
     lines += ["", "| data pipeline alone | augmented images/s |", "| --- | ---: |"]
     lines += [f"| {name} | {rate:,.0f} |" for name, rate in report.pipeline_images_per_sec.items()]
     if report.checkpoint_s:
@@ -618,14 +650,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """0, or 1 when a case failed (its error is in the report)."""
     args = parse_args(argv)
     quiet_console()  # the Lightning cases would print its cloud tips
     report = run(args)
     print(markdown(report))
     if args.json:
         write_json(report, args.json)
+    return 1 if report.failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -166,7 +166,9 @@ def test_under_ddp_the_logged_rate_counts_every_process_images(monkeypatch) -> N
     clock = set_clock(monkeypatch)
     trainer = rank_zero_of_two_processes(batches=4)
     logged = {}
-    pl_module = SimpleNamespace(log=lambda key, value, **kwargs: logged.update({key: value}))
+    pl_module = SimpleNamespace(
+        log=lambda key, value, **kwargs: logged.update({key: value}), device=torch.device("cpu")
+    )
     callback = ImagesPerSecond(window=2)
     callback.on_train_start(trainer, pl_module)
     callback.on_train_epoch_start(trainer, pl_module)
@@ -175,6 +177,31 @@ def test_under_ddp_the_logged_rate_counts_every_process_images(monkeypatch) -> N
         callback.on_train_batch_end(trainer, pl_module, None, local_batch(), batch_idx)
     # Each step trains BATCH images in each of the 2 processes: the run's rate, not rank 0's.
     assert logged["train/images_per_sec"] == pytest.approx(2 * BATCH)
+
+
+@pytest.mark.parametrize(("device", "synced_at"), [("cuda", [0, 3, 6, 7, 0, 3, 6, 7]), ("cpu", [])])
+def test_on_a_gpu_each_window_starts_and_ends_when_the_device_is_done_syncing_once_a_window(
+    monkeypatch, device, synced_at
+) -> None:
+    """The host runs ahead of a GPU: after an epoch's start (validation's end synced it) the first window would time
+    the host queueing steps, not the GPU running them. So the device is synced when an epoch's first window opens
+    and when each window closes (also the next one's start): once a window, never at the other steps; on a CPU,
+    never."""
+    clock = set_clock(monkeypatch)
+    trainer = rank_zero_of_two_processes(batches=8)
+    synced = []
+    batch_idx = 0
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append((batch_idx, str(device))))
+    pl_module = SimpleNamespace(log=lambda *args, **kwargs: None, device=torch.device(device))
+    callback = ImagesPerSecond(window=3)
+    callback.on_train_start(trainer, pl_module)
+    for _ in range(2):  # each epoch: its first step opens a window, steps 1-3 and 4-6 close one, step 7 the rest
+        callback.on_train_epoch_start(trainer, pl_module)
+        for batch_idx in range(8):
+            clock.now += 1.0
+            callback.on_train_batch_end(trainer, pl_module, None, local_batch(), batch_idx)
+        callback.on_validation_start(trainer, pl_module)
+    assert synced == [(i, device) for i in synced_at]
 
 
 def test_images_per_second_rejects_an_empty_window() -> None:

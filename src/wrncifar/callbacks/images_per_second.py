@@ -1,4 +1,5 @@
-"""Training speed on the progress bar and in the logs: images/s from the host clock, without host–device syncs.
+"""Training speed on the progress bar and in the logs: images/s from the host clock, with one host–device sync a
+window at most (none per step).
 
 Every rate is the run's: under DDP, all processes' images together (`images_in_step`).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 KEY = "train/images_per_sec"
@@ -92,8 +94,11 @@ class ImagesPerSecond(Callback):
     an epoch (Lightning then skips `on_train_epoch_start`): neither validation nor start-up is training time.
     Each value goes to the loggers at the step whose end it measures, whatever `log_every_n_steps` (Lightning
     would log it only on those steps, late and repeated), and to the progress bar.
-    Reads the host clock only: a GPU runs ahead of the host by a bounded queue, so over a window the host's
-    rate is the device's rate, and no step waits for the device.
+    Reads the host clock at the window's ends after waiting for the device (CUDA) there: the host runs ahead of
+    the GPU by a queue of steps, empty after the sync that ends a validation and full soon after, so without the
+    sync an epoch's first window would time the host queueing steps the GPU had not yet run, a rate too high. One
+    sync a window, when its last step ends (the next window's start), and one when an epoch's first window starts;
+    no other step waits for the device.
     """
 
     def __init__(self, window: int = 50) -> None:
@@ -119,13 +124,19 @@ class ImagesPerSecond(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        # The first step of an epoch (or after a validation) waits for data and, once, for compilation: it opens the
+        # window, which the next steps fill.
+        opens = self._start is None
+        if not opens:
+            self._images += images_in_step(trainer, batch)
+            self._steps += 1
+        closes = not opens and (self._steps == self.window or is_last_batch_of_epoch(trainer, batch_idx))
+        if (opens or closes) and pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)  # the window's end is the device's, not the host's
         now = time.perf_counter()
-        if self._start is None:  # the first step of an epoch waits for data and, once, for compilation
+        if opens:
             self._start = now
-            return
-        self._images += images_in_step(trainer, batch)
-        self._steps += 1
-        if self._steps == self.window or is_last_batch_of_epoch(trainer, batch_idx):
+        elif closes:
             rate = self._images / (now - self._start)
             pl_module.log(KEY, rate, on_step=True, on_epoch=False, prog_bar=True, logger=False)
             # The step this batch ran as, on the axis Lightning's own logs use (the LearningRateMonitor's too).
