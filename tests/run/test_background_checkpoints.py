@@ -13,6 +13,7 @@ import pytest
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import wrncifar.run.checkpoints as checkpointing
@@ -249,6 +250,7 @@ def test_a_signals_save_is_on_disk_before_the_job_is_requeued(tmp_path, gate, mo
         save_checkpoint=lambda path, weights_only: io.save_checkpoint(checkpoint(torch.ones(2), step=3), path),
         global_step=3,
         is_global_zero=True,
+        state=SimpleNamespace(fn=TrainerFn.FITTING),  # a signal in training, not in the test after it
     )
     callback, stop = CheckpointOnSignal(tmp_path), SIGTERMException()
     callback.signum = signal.SIGUSR1
