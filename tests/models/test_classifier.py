@@ -26,6 +26,18 @@ def test_training_step_returns_a_differentiable_loss_and_updates_metrics() -> No
     assert module.criterion.label_smoothing == 0.1
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_the_epochs_training_loss_weighs_every_image_alike_with_a_smaller_last_batch() -> None:
+    """`data.drop_last=false` (the default) ends an epoch with a smaller batch: its images count as many as theirs."""
+    torch.manual_seed(0)
+    module = ImageClassifier(tiny_net(), label_smoothing=0.1)
+    batches = [(torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,))) for n in (6, 2)]
+    losses = [float(module.training_step(batch, i)) for i, batch in enumerate(batches)]
+    per_image = (6 * losses[0] + 2 * losses[1]) / 8
+    assert float(module.train_loss.compute()) == pytest.approx(per_image, rel=1e-5)
+    assert per_image != pytest.approx(sum(losses) / 2, rel=1e-3), "the batches' losses differ"
+
+
 def test_fit_exposes_the_datamodule_class_names_to_the_module() -> None:
     dm = SyntheticCIFAR100DataModule(num_classes=10, train_per_class=6, test_per_class=2, val_per_class=2, batch_size=8)
     module = ImageClassifier(tiny_net(10))

@@ -179,8 +179,10 @@ class ImageClassifier(LightningModule):
             labels = targets.argmax(dim=1)  # each mixed image's dominant class, for train/acc
         logits = self(images)
         loss = self.criterion(logits, targets)  # class indices or distributions; smoothing applies to both
-        # update(), not forward(): the epoch values are all that is logged, so no per-batch value is computed.
-        self.train_loss.update(loss.detach())
+        # update(), not forward(): the epoch values are all that is logged, so no per-batch value is computed. The
+        # batch's mean loss counts once per image, so a smaller last batch (`drop_last=false`) weighs less (repeated,
+        # not `weight=`: MeanMetric with nan_strategy="disable" ignores weights, torchmetrics 1.9).
+        self.train_loss.update(loss.detach().expand(images.shape[0]))
         self.train_acc.update(logits.detach(), labels)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
