@@ -363,6 +363,7 @@ WANDB_SWEEP_ARGS = [
     "callbacks.wandb_media.every_n_val_epochs=1",
     "logger=many_loggers",
     "logger.wandb.log_model=true",
+    "callbacks.model_checkpoint.save_top_k=-1",  # every epoch's checkpoint an artifact, logged as it is saved
     "model.optimizer.lr=0.05,0.2",
 ]
 

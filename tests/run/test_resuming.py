@@ -317,6 +317,12 @@ def test_a_resumed_run_logs_to_the_same_wandb_run(tmp_path) -> None:
     cfg.logger.wandb.id = "chosen"
     keep_wandb_run(cfg)
     assert cfg.logger.wandb.id == "chosen", "an explicit id wins"
+    # The id its logger recorded wins over `latest-run` (W&B's files may be elsewhere: `logger.wandb.save_dir`);
+    # the file is data, and anything but an id is ignored.
+    (tmp_path / "wandb_run_id").write_text("xyz789\n")
+    assert wandb_run_id(tmp_path) == "xyz789"
+    (tmp_path / "wandb_run_id").write_text("../../elsewhere\n")
+    assert wandb_run_id(tmp_path) == "abc123"
 
 
 # Two epochs of 2 steps; the best-checkpoint callback monitors the epoch number, lowest best, so epoch 1 does not

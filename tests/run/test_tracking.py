@@ -3,8 +3,11 @@ offline mode without an account; no prompt; no API key on disk; multirun groupin
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +18,12 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import FEW_IMAGES, HANG_TIMEOUT_S, ROOT, isolated_wandb_env, read_metrics, wandb_records
+from wrncifar.run import tracking
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.entry import run
 from wrncifar.run.fit_and_test import train_for_sweep
 from wrncifar.run.loggers import WandbLogger, wandb_mode
-from wrncifar.run.tracking import REDACTED, git_state, without_secrets
+from wrncifar.run.tracking import REDACTED, SecretFilter, git_state, wandb_run_id, without_secrets
 
 FAKE_KEY = "fake0wandb0key0" + "0123456789abcdef" * 2 + "0123456789"  # 40+ characters, like a real key
 # The smallest synthetic set: two training batches, one validation and one test batch.
@@ -120,6 +124,11 @@ def test_checkpoints_are_artifacts_with_log_model(job: Path) -> None:
     models = [a for a in records_of(wandb_records(job), "artifact") if a.type == "model"]
     assert models and all(e.path == "model.ckpt" for a in models for e in a.manifest.contents)
     assert any("best" in a.aliases for a in models)
+    # save_top_k=-1: each checkpoint is logged right after it is saved, the last epoch's too (written in the
+    # background, it was once skipped as not yet on disk), and last.ckpt.
+    logged = {json.loads(a.metadata)["original_filename"] for a in models}
+    saved = {p.name for p in (job / "checkpoints").glob("*.ckpt")}
+    assert logged == saved and "epoch_001.ckpt" in saved, (logged, saved)
 
 
 @pytest.mark.slow
@@ -257,9 +266,109 @@ def test_the_api_key_is_redacted_from_the_tags_given_to_wandb(wandb_env, tmp_pat
     assert logger._wandb_init["tags"] == ["a", REDACTED]
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"project": "team/wrn"}, "Invalid project name 'team/wrn'"),
+        ({"tags": ["ok", "t" * 65]}, "is 65 characters. Tags must be between 1 and 64 characters"),
+        ({"id": "a/b"}, "Run ID cannot contain the characters"),
+        ({"summary": {"val/acc": "best"}}, "val/acc=best is not a summary W&B knows: use one of min, max"),
+    ],
+)
+def test_settings_wandb_would_refuse_at_its_start_are_refused_when_the_logger_is_made(
+    wandb_env, tmp_path: Path, settings: dict, message: str
+) -> None:
+    """Before the data and network are built, and with one message rather than W&B's traceback."""
+    wandb_env()
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        WandbLogger(save_dir=str(tmp_path), **{"project": "p", **settings})
+    WandbLogger(save_dir=str(tmp_path), project="p", tags=["t" * 64], summary={"val/acc": "max,last"}, name=12)
+
+
+def test_an_api_key_typed_on_the_command_line_reaches_no_wandb_file(wandb_env, tmp_path: Path, monkeypatch) -> None:
+    """W&B records the command line as the run's args: it gets it redacted."""
+    wandb_env(WANDB_API_KEY=FAKE_KEY)
+    monkeypatch.setattr(sys, "argv", ["src/train.py", f"+logger.wandb.notes=key {FAKE_KEY}", "logger=wandb"])
+    logger = WandbLogger(save_dir=str(tmp_path / "run"), project="p", offline=True)
+    logger.experiment.log({"a": 1})
+    logger.experiment.finish()
+    assert sys.argv[1] == f"+logger.wandb.notes=key {FAKE_KEY}", "the command line is the process's again"
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files)
+    assert not [p for p in files if FAKE_KEY.encode() in contents(p)]
+
+
+def test_the_wandb_run_records_its_id_in_the_run_folder_wherever_its_files_go(wandb_env, tmp_path: Path) -> None:
+    """`logger.wandb.save_dir` elsewhere (a folder several runs share): `resume=` still finds this run's id."""
+    wandb_env()
+    logger = WandbLogger(save_dir=str(tmp_path / "shared"), run_dir=str(tmp_path / "run"), project="p", offline=True)
+    run_id = logger.experiment.id
+    logger.log_metrics({"a": 1.0}, step=0)
+    logger.experiment.finish()
+    assert (tmp_path / "run" / "wandb_run_id").read_text() == f"{run_id}\n"
+    assert wandb_run_id(tmp_path / "run") == run_id and not (tmp_path / "run" / "wandb").exists()
+
+
+def test_the_summaries_apply_to_the_metrics_as_logged_with_a_prefix(wandb_env, tmp_path: Path, monkeypatch) -> None:
+    from wandb.sdk.wandb_run import Run
+
+    defined: list[tuple[str, str]] = []
+    define_metric = Run.define_metric
+
+    def recording(run, name: str, *args, **kwargs):
+        defined.append((name, kwargs.get("summary")))
+        return define_metric(run, name, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "define_metric", recording)
+    wandb_env()
+    logger = WandbLogger(save_dir=str(tmp_path), project="p", offline=True, prefix="fold1", summary={"val/acc": "max"})
+    logger.log_metrics({"val/acc": 0.5}, step=0)
+    logger.experiment.finish()
+    assert [d for d in defined if d[1]] == [("fold1-val/acc", "max")]  # Lightning's own have no summary
+
+
+def test_an_api_key_typed_on_the_command_line_is_warned_of(monkeypatch, caplog) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setattr(tracking, "command_line_overrides", lambda: [f"+logger.wandb.notes={FAKE_KEY}", "seed=1"])
+    with caplog.at_level(logging.WARNING, logger="wrncifar.run.tracking"):
+        tracking.redact_secrets_in_logs()
+    assert "The W&B API key is typed in +logger.wandb.notes on the command line" in caplog.text
+    assert "+logger.wandb.notes='${oc.env:WANDB_API_KEY}'" in caplog.text and FAKE_KEY not in caplog.text
+
+
 def test_git_state_outside_a_checkout_is_unknown(tmp_path: Path) -> None:
     assert git_state(tmp_path) == {"commit": None, "dirty": None}
     assert len(git_state(ROOT)["commit"]) == 40
+
+
+def test_git_state_is_unknown_when_git_does_not_answer_in_time(tmp_path: Path, monkeypatch) -> None:
+    """A `git status` stalled on a slow file system leaves the commit unknown rather than stopping the run."""
+    slow_git = tmp_path / "bin" / "git"
+    slow_git.parent.mkdir()
+    slow_git.write_text("#!/bin/sh\nexec sleep 5\n")
+    slow_git.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{slow_git.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr("wrncifar.run.tracking.GIT_TIMEOUT_S", 0.5)
+    assert git_state(ROOT) == {"commit": None, "dirty": None}
+
+
+def test_a_logged_traceback_that_quotes_the_api_key_is_redacted(monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(SecretFilter())
+    logger = logging.getLogger("tests.secret_traceback")
+    logger.addHandler(handler)
+    try:
+        try:
+            raise ValueError(f"bad notes: {FAKE_KEY}")
+        except ValueError:
+            logger.exception("Job failed (%s)", FAKE_KEY)
+    finally:
+        logger.removeHandler(handler)
+    printed = stream.getvalue()
+    assert FAKE_KEY not in printed
+    assert f"Job failed ({REDACTED})" in printed and f"ValueError: bad notes: {REDACTED}" in printed
 
 
 def test_a_key_without_network_stops_with_a_message(wandb_env, monkeypatch, tmp_path: Path) -> None:

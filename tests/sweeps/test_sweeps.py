@@ -233,6 +233,14 @@ def test_the_summary_ranks_the_jobs_in_the_sweepers_direction(
     assert best_first in rows[1]
 
 
+def test_a_failed_jobs_record_keeps_its_error_but_not_the_api_key_it_quotes(tmp_path: Path, monkeypatch) -> None:
+    key = "0123456789abcdef" * 2
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    record_job_result(tmp_path, None, ValueError(f"logger.wandb.notes='key {key}' is too long"))
+    record = json.loads((tmp_path / JOB_RESULT).read_text())
+    assert record["error"] == "ValueError: logger.wandb.notes='key <redacted>' is too long"
+
+
 def test_a_mistyped_or_changed_search_direction_is_one_message_before_any_trial(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'studies' / 'search.db'}"
     typo = run_entry("train.py", [*optuna_search(tmp_path / "typo", storage), "hydra.sweeper.direction=maximise"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from wrncifar.analysis.output_files import write_file
 from wrncifar.run.checkpoints import wait_for_checkpoint_writes
 from wrncifar.run.config_validation import ConfigError
-from wrncifar.run.tracking import without_secrets
+from wrncifar.run.tracking import WANDB_ID_FILE, without_secrets
+from wrncifar.sweeps.api_key import redacted
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +106,18 @@ class WandbLogger(LightningWandbLogger):
             wins over None.
         summary: metric name → what the run summary shows for it (`max`, `min`, `last`, `mean`, `first`, `none`);
             `{"val/acc": "max"}` shows the best validation accuracy rather than the last one.
+        run_dir: the training run's folder: the W&B run's id is recorded there (`WANDB_ID_FILE`) when it starts,
+            so that `resume=` logs to the same W&B run wherever `save_dir` puts W&B's own files.
         **kwargs: the arguments of Lightning's WandbLogger and of `wandb.init` (project, entity, group, tags, …).
     """
 
-    def __init__(self, offline: bool | None = None, summary: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        offline: bool | None = None,
+        summary: Mapping[str, str] | None = None,
+        run_dir: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         # Lightning's own `offline=True` sets WANDB_MODE for the whole process and refuses `log_model`; W&B's
         # `mode` argument does neither (offline artifacts are uploaded by `wandb sync` with the run). A value that
         # interpolates the API key (notes, tags, a name) reaches W&B redacted.
@@ -116,6 +126,8 @@ class WandbLogger(LightningWandbLogger):
             del self._wandb_init["anonymous"]  # W&B warns about the argument even when it is None
         self._offline_choice = offline
         self._summary = dict(summary or {})
+        self._run_dir = Path(run_dir) if run_dir else None
+        check_wandb_settings(self._wandb_init, self._summary)
 
     @property
     @rank_zero_experiment
@@ -125,6 +137,8 @@ class WandbLogger(LightningWandbLogger):
             mode = wandb_mode(self._offline_choice, run_dir=self._save_dir)
             if mode:
                 self._wandb_init["mode"] = mode
+        argv = sys.argv
+        sys.argv = [redacted(arg) for arg in argv]  # W&B records the command line as the run's "args"
         try:
             run = super().experiment
         except _wandb_comm_error() as err:  # a key but no network: W&B gives up after its init_timeout
@@ -132,15 +146,22 @@ class WandbLogger(LightningWandbLogger):
                 f"W&B could not reach its server ({str(err).splitlines()[0]}): without network, set "
                 "WANDB_MODE=offline (or logger.wandb.offline=true) and upload the run later with `wandb sync`"
             ) from err
+        finally:
+            sys.argv = argv
         if starting and getattr(run, "define_metric", None):
-            for name, summary in self._summary.items():
-                run.define_metric(name, summary=summary, step_metric="trainer/global_step")
+            for name, summary in self._summary.items():  # named as logged: `<prefix>-val/acc` with a prefix
+                logged = f"{self._prefix}{self.LOGGER_JOIN_CHAR}{name}" if self._prefix else name
+                run.define_metric(logged, summary=summary, step_metric="trainer/global_step")
+        if starting and self._run_dir is not None and getattr(run, "id", None):
+            self._run_dir.mkdir(parents=True, exist_ok=True)
+            write_file(self._run_dir / WANDB_ID_FILE, lambda tmp: tmp.write_text(f"{run.id}\n"))
         return run
 
-    # With log_model, W&B reads the checkpoint files: after each save ("all") or at the end (true). Checkpoints
-    # are written in the background (AtomicCheckpointIO), so first wait until they are on disk.
+    # With log_model, W&B reads the checkpoint files: after each save ("all", or true with save_top_k=-1, which
+    # Lightning never scans again at the end) or at the end (true). Checkpoints are written in the background
+    # (AtomicCheckpointIO), so first wait until they are on disk: a file still being written is skipped for good.
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        if self._log_model == "all":
+        if self._log_model == "all" or (self._log_model is True and checkpoint_callback.save_top_k == -1):
             wait_for_checkpoint_writes()
         super().after_save_checkpoint(checkpoint_callback)
 
@@ -149,6 +170,43 @@ class WandbLogger(LightningWandbLogger):
         if self._log_model and status == "success":
             wait_for_checkpoint_writes()
         super().finalize(status)
+
+
+# `wandb.init`'s arguments and the W&B settings that check them; and the summaries `define_metric` accepts.
+INIT_SETTINGS = {
+    "project": "project",
+    "entity": "entity",
+    "group": "run_group",
+    "name": "run_name",
+    "notes": "run_notes",
+    "id": "run_id",
+    "job_type": "run_job_type",
+    "tags": "run_tags",
+}
+SUMMARIES = ("min", "max", "mean", "last", "first", "none")
+
+
+def check_wandb_settings(init: Mapping[str, Any], summary: Mapping[str, str]) -> None:
+    """ConfigError for what W&B would refuse only once its run starts, after the data and the network are built: a
+    project, run id or tag it does not accept (its own checks, `wandb.Settings`) and an unknown summary."""
+    import wandb
+
+    for name, ops in summary.items():
+        unknown = [op for op in str(ops).lower().split(",") if op not in SUMMARIES]
+        if unknown:
+            raise ConfigError(
+                f"logger.wandb.summary: {name}={ops} is not a summary W&B knows: use one of {', '.join(SUMMARIES)}"
+            )
+    given = {setting: init[arg] for arg, setting in INIT_SETTINGS.items() if init.get(arg) is not None}
+    if "run_tags" in given:
+        given["run_tags"] = tuple(str(tag) for tag in given["run_tags"])
+    try:
+        wandb.Settings(**{k: v if isinstance(v, tuple) else str(v) for k, v in given.items()})
+    except (wandb.Error, ValueError) as err:  # W&B's UsageError; pydantic's ValidationError is a ValueError
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = next((line for line in lines if line.startswith("Value error,")), lines[0] if lines else str(err))
+        reason = reason.removeprefix("Value error,").split(" [type=")[0].strip()
+        raise ConfigError(f"logger.wandb: W&B would refuse this run's settings: {reason}") from err
 
 
 def wandb_mode(offline: bool | None, run_dir: str | None = None) -> str | None:

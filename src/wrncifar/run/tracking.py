@@ -6,7 +6,7 @@ TensorBoard history continued on resume, one W&B group per sweep. The logger cla
 from __future__ import annotations
 
 import logging
-import os
+import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,12 +17,15 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch import LightningModule, Trainer
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from wrncifar.sweeps.api_key import API_KEY_ENV, REDACTED, api_key, redacted
 from wrncifar.sweeps.summary import in_multirun
 
 log = logging.getLogger(__name__)
 
-API_KEY_ENV = "WANDB_API_KEY"  # where W&B and this project read the API key from the environment
-REDACTED = "<redacted>"
+# Where the W&B logger records its run's id in the run folder, which `resume=` reads (`wandb_run_id`); what an id is.
+WANDB_ID_FILE = "wandb_run_id"
+WANDB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+GIT_TIMEOUT_S = 30  # a git command that takes longer (a slow network file system) leaves the git state unknown
 
 
 def without_secrets(value: Any, secret: str | None = None) -> Any:
@@ -31,7 +34,7 @@ def without_secrets(value: Any, secret: str | None = None) -> Any:
     by "<redacted>": a config that interpolates the key never carries it to a logger or a file. OmegaConf's
     containers are resolved into plain ones first (a ListConfig is no `list`, and its items are the resolved key);
     the result is plain with or without a key, so a value looks the same either way."""
-    return _without(value, secret if secret is not None else os.environ.get(API_KEY_ENV, ""))
+    return _without(value, secret if secret is not None else api_key())
 
 
 def _without(value: Any, secret: str) -> Any:
@@ -47,22 +50,39 @@ def _without(value: Any, secret: str) -> Any:
 
 
 class SecretFilter(logging.Filter):
-    """Redacts the W&B API key of the environment from every log record that passes (console and `train.log`)."""
+    """Redacts the W&B API key of the environment from every log record that passes (console and `train.log`): its
+    message and the traceback it carries (`log.exception` of an error that quotes the key)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        secret = os.environ.get(API_KEY_ENV)
-        if secret:
-            message = record.getMessage()
-            if secret in message:
-                record.msg, record.args = message.replace(secret, REDACTED), ()
+        if not api_key():
+            return True
+        message = record.getMessage()
+        if api_key() in message:
+            record.msg, record.args = redacted(message), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text and api_key() in record.exc_text:
+            record.exc_text = redacted(record.exc_text)  # the handlers' formatters print exc_text as it is
+        if record.stack_info and api_key() in record.stack_info:
+            record.stack_info = redacted(record.stack_info)
         return True
 
 
 def redact_secrets_in_logs() -> None:
-    """Put a `SecretFilter` on every handler of the root logger (where Hydra's console and file handlers are)."""
+    """Put a `SecretFilter` on every handler of the root logger (where Hydra's console and file handlers are), and
+    warn of an API key typed on the command line, which Hydra saves as typed."""
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, SecretFilter) for f in handler.filters):
             handler.addFilter(SecretFilter())
+    typed = [o.split("=", 1)[0] for o in command_line_overrides() if api_key() and api_key() in o]
+    if typed:
+        log.warning(
+            "The W&B API key is typed in %s on the command line: Hydra saves the command line in the run folder's "
+            ".hydra/ files as typed (which resume= runs again). Interpolate it instead: %s='${oc.env:%s}'",
+            ", ".join(typed),
+            typed[0],
+            API_KEY_ENV,
+        )
 
 
 def git_state(repo_dir: str | Path) -> dict[str, Any]:
@@ -71,13 +91,15 @@ def git_state(repo_dir: str | Path) -> dict[str, Any]:
     try:
         commit = _git(repo_dir, "rev-parse", "HEAD")
         dirty = bool(_git(repo_dir, "status", "--porcelain"))
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, subprocess.SubprocessError):  # no git, not a checkout, or a file system too slow to answer
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": dirty}
 
 
 def _git(repo_dir: str | Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=repo_dir, capture_output=True, text=True, check=True, timeout=30)
+    done = subprocess.run(
+        ["git", *args], cwd=repo_dir, capture_output=True, text=True, check=True, timeout=GIT_TIMEOUT_S
+    )
     return done.stdout.strip()
 
 
@@ -162,7 +184,15 @@ def group_sweep_jobs(cfg: DictConfig) -> None:
 
 
 def wandb_run_id(run_dir: Path) -> str | None:
-    """The id of the W&B run that logged from `run_dir` (wandb's `latest-run` folder is `run-<time>-<id>`)."""
+    """The id of the W&B run that logged from `run_dir`: the one its logger recorded (`WANDB_ID_FILE`); for a run
+    that recorded none, that of W&B's `latest-run` folder there (`run-<time>-<id>`). The file is data: anything
+    but an id W&B could have made is ignored."""
+    try:
+        recorded = (run_dir / WANDB_ID_FILE).read_text().strip()
+    except (OSError, ValueError):
+        recorded = ""
+    if WANDB_ID.fullmatch(recorded):
+        return recorded
     latest = run_dir / "wandb" / "latest-run"
     if not latest.exists():
         return None

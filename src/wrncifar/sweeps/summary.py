@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wrncifar.analysis.output_files import write_file
 from wrncifar.analysis.run_logs import SweepRun, sweep_runs, varying_overrides
+from wrncifar.sweeps.api_key import redacted
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def _write_record(job_dir: Path, value: Any, error: BaseException | None, status
     record = {
         "status": status or ("failed" if error else "completed"),
         "value": float(value) if isinstance(value, int | float) else None,
-        "error": " ".join(f"{type(error).__name__}: {error}".split()) if error else None,  # one line
+        "error": redacted(" ".join(f"{type(error).__name__}: {error}".split())) if error else None,  # one line
     }
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / JOB_RESULT).write_text(json.dumps(record, indent=2) + "\n")
