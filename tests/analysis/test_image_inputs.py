@@ -182,6 +182,12 @@ def test_an_npz_of_images_with_names(tmp_path: Path) -> None:
     assert torch.equal(inputs.images, torch.from_numpy(images).permute(0, 3, 1, 2))
 
 
+def test_names_saved_as_bytes_are_read_as_text(tmp_path: Path) -> None:
+    names = np.array(["cat.png", "chat noir.png", "猫.png"])
+    np.savez(tmp_path / "x.npz", images=np.stack([rgb(8, 8) for _ in range(3)]), names=np.char.encode(names, "utf-8"))
+    assert read_images(tmp_path / "x.npz", 32).names == ["cat.png", "chat noir.png", "猫.png"]
+
+
 def test_an_npz_without_names_and_of_another_size(tmp_path: Path) -> None:
     np.savez(tmp_path / "big.npz", data=np.stack([rgb(64, 96) for _ in range(2)]))  # `data`: the array export's key
     inputs = read_images(tmp_path / "big.npz", 32)
@@ -199,9 +205,30 @@ def test_an_npz_without_names_and_of_another_size(tmp_path: Path) -> None:
             {"images": np.zeros((2, 32, 32, 3), np.uint8), "names": np.array(["a"])},
             r"'names' has shape \[1\], expected one name per image \(2\)",
         ),
+        ({"images": np.zeros((2, 0, 5, 3), np.uint8)}, r"is uint8 \[2, 0, 5, 3\], images of no pixels; expected"),
+        ({"images": np.zeros((2, 5, 0, 3), np.uint8)}, r"is uint8 \[2, 5, 0, 3\], images of no pixels; expected"),
+        (
+            {"images": np.zeros((2, 32, 32, 3), np.uint8), "names": np.arange(2)},
+            r"'names' is int64, expected N strings: save them as np\.array\(\['cat\.png', …\]\)",
+        ),
+        (
+            {"images": np.zeros((2, 32, 32, 3), np.uint8), "names": np.array([b"ok", b"caf\xe9"])},
+            r"'names'\[1\] is b'caf\\xe9', bytes that are not UTF-8 text",
+        ),
         ({"images": np.array([{"code": 1}], dtype=object)}, "cannot be read as a .npz file"),
     ],
-    ids=["no images key", "float", "channels first", "empty", "names mismatch", "pickled objects"],
+    ids=[
+        "no images key",
+        "float",
+        "channels first",
+        "empty",
+        "names mismatch",
+        "zero height",
+        "zero width",
+        "numeric names",
+        "names not UTF-8",
+        "pickled objects",
+    ],
 )
 def test_a_malformed_npz_is_one_error_naming_what_is_wrong(tmp_path: Path, arrays: dict, message: str) -> None:
     np.savez(tmp_path / "bad.npz", **arrays)

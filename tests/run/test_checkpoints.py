@@ -237,6 +237,30 @@ def test_a_checkpoint_of_another_architecture_lists_what_differs(tmp_path) -> No
     check_compatible(module(widths=(4, 8, 8, 16), blocks_per_stage=2), checkpoint, path)
 
 
+def test_a_checkpoint_whose_weights_are_not_tensors_names_them(tmp_path) -> None:
+    """A checkpoint is untrusted data: a value that is not a tensor is refused before load_state_dict meets it."""
+    path = tmp_path / "odd.ckpt"
+    state_dict = module().state_dict()
+    state_dict["net.fc.bias"] = 7
+    state_dict["net.fc.weight"] = [[0.0] * 8] * 10
+    lightning = {"global_step": 0, "pytorch-lightning_version": "2.6"}
+    torch.save({"state_dict": state_dict, **lightning}, path)
+    with pytest.raises(CheckpointError) as err:
+        check_compatible(module(), load_checkpoint(path), path)
+    assert str(err.value) == (
+        f"checkpoint {path} is damaged or was not written by training: these weights are not tensors: "
+        "net.fc.weight (list), net.fc.bias (int); use a checkpoint as training saved it"
+    )
+    torch.save({"state_dict": [1, 2], "pytorch-lightning_version": "2.6"}, path)
+    with pytest.raises(CheckpointError, match=r"its state_dict is a list, not a dict of tensors"):
+        check_compatible(module(), load_checkpoint(path), path)
+    # An EMA run's raw weights, which its resume loads beside the averaged ones.
+    raw = {**module().state_dict(), "net.fc.bias": "7"}
+    torch.save({"state_dict": module().state_dict(), "current_model_state": raw, **lightning}, path)
+    with pytest.raises(CheckpointError, match=r"these weights are not tensors: net\.fc\.bias \(str\)"):
+        check_compatible(module(), load_checkpoint(path), path)
+
+
 def seed_layouts(net: torch.nn.Module) -> dict[str, object]:
     """The ways plain PyTorch code saves a network's weights."""
     weights = net.state_dict()

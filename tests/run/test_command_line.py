@@ -77,3 +77,11 @@ def test_relative_paths_are_read_from_the_launch_folder_even_when_the_job_change
     )
     assert missing.returncode == 1
     assert f"checkpoint {tmp_path / 'gone' / 'last.ckpt'} does not exist" in missing.stdout + missing.stderr
+
+    # `~` as a shell would expand it (none expands it in an argument such as `data.data_dir=~/…`).
+    args[0] = "ckpt_path=~/base/checkpoints/last.ckpt"
+    home = run_entry("eval.py", [*args, "hydra.run.dir=out3"], cwd=tmp_path / "base", env={"HOME": str(tmp_path)})
+    assert home.returncode == 0, home.stderr[-3000:]
+    assert json.loads((tmp_path / "base" / "out3" / "test_metrics.json").read_text())["ckpt_path"] == str(
+        tmp_path / "base" / "checkpoints" / "last.ckpt"
+    )

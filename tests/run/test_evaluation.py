@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from tests.conftest import best_checkpoint, last_logged, read_metrics, run_entry
 from wrncifar.analysis.evaluation_report import PREDICTIONS_FILE, REPORT_FILE, read_report
 from wrncifar.data.synthetic import SyntheticCIFAR100DataModule
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.entry import run
-from wrncifar.run.evaluation import evaluate, report_directory
+from wrncifar.run.evaluation import adopt_training_run_config, evaluate, report_directory
 from wrncifar.run.training_run import run_config_keys, training_run_config
+from wrncifar.sweeps.api_key import REDACTED
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -135,6 +137,27 @@ def test_the_run_config_is_found_above_the_checkpoint(tmp_path: Path) -> None:
     assert training_run_config(nested) is None
 
 
+@pytest.mark.parametrize(
+    ("saved", "message"),
+    [
+        ("model: {net: [unclosed\n", "cannot be read (ParserError: while parsing a flow sequence)"),
+        ("model: 5\n", "has a model that is not a config (int)"),
+        ("data:\n  data_dir: ${oc.env:NO_SUCH_DIR_X}\n", "data.data_dir of the training run's saved config"),
+    ],
+)
+def test_a_damaged_or_unresolvable_run_config_is_one_message_naming_the_file(
+    tmp_path: Path, saved: str, message: str
+) -> None:
+    """The saved config is data from disk: a run folder damaged, or copied from a machine with other variables."""
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(saved)
+    cfg = OmegaConf.create({"model": {"tag": "this command's"}, "data": {"tag": "this command's"}})
+    with pytest.raises(ConfigError, match=re.escape(message)) as refused:
+        adopt_training_run_config(cfg, tmp_path / "checkpoints" / "last.ckpt")
+    assert str(tmp_path / ".hydra" / "config.yaml") in str(refused.value)
+    assert "or give model=… and data=… on the command line" in str(refused.value)
+
+
 def test_eval_without_a_checkpoint_fails_with_a_clear_message(make_config) -> None:
     with pytest.raises(ConfigError, match=r"ckpt_path is required: python src/eval\.py ckpt_path="):
         evaluate(make_config(["ckpt_path=null"], config_name="eval.yaml"))
@@ -179,9 +202,11 @@ def test_the_seeds_own_plain_state_dict_is_evaluated_with_the_seed_pooling(tmp_p
     out = tmp_path / "eval"
     data = ["data=synthetic", "data.train_per_class=2", "data.val_per_class=1", "data.test_per_class=1"]
     args = [f"ckpt_path={weights}", "model.net.pooling=seed", *data, "trainer=cpu", "eval.report=false", "logger=null"]
-    result = run_entry("eval.py", [*args, f"hydra.run.dir={out}"])
+    # A W&B API key that the checkpoint's path happens to contain is not written out with it.
+    result = run_entry("eval.py", [*args, f"hydra.run.dir={out}"], env={"WANDB_API_KEY": "seed_weights"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "holds plain network weights: testing them in the configured model" in result.stdout + result.stderr
+    assert json.loads((out / "test_metrics.json").read_text())["ckpt_path"] == str(tmp_path / f"{REDACTED}.pt")
 
     # The same images through the seed's own network give the same accuracy.
     dm = SyntheticCIFAR100DataModule(train_per_class=2, val_per_class=1, test_per_class=1, num_workers=0)
@@ -215,6 +240,7 @@ def test_a_report_dir_that_is_a_file_is_one_message(make_config, trained_run: Pa
         run(evaluate, cfg)
     assert exit_info.value.code == 1 and f"{a_file} is a file, not a folder" in str(exit_info.value.__cause__)
     assert a_file.read_text() == "mine"
+    assert not (Path(cfg.paths.output_dir) / "test_metrics.json").exists(), "refused before testing"
 
 
 @pytest.mark.slow

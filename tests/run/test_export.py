@@ -162,6 +162,37 @@ def test_an_export_replaces_an_earlier_export_but_no_other_file(trained_run: Pat
     assert json.loads((tmp_path / "again.json").read_text())["file"] == "again.pt"
 
 
+def test_two_exports_of_one_name_never_share_a_description(trained_run: Path, make_config, tmp_path: Path) -> None:
+    """`wrn.ts` and `wrn.pt` would both be described in `wrn.json`: the second export is refused, naming the first,
+    which stays described and replaceable by its own command."""
+    ckpt = f"ckpt_path={best_checkpoint(trained_run)}"
+    first = [ckpt, "format=torchscript", f"output={tmp_path / 'deploy' / 'wrn.ts'}"]
+    second = [ckpt, "format=state_dict", f"output={tmp_path / 'deploy' / 'wrn.pt'}"]
+    export_model(make_config(first, "export.yaml"))
+    message = r"wrn\.json, which describes another export, .*wrn\.ts, .*\(e\.g\. output=.*wrn_state_dict\.pt\)"
+    with pytest.raises(ConfigError, match=message):
+        export_model(make_config(second, "export.yaml"))
+    assert sorted(p.name for p in (tmp_path / "deploy").iterdir()) == ["wrn.json", "wrn.ts"]
+    assert json.loads((tmp_path / "deploy" / "wrn.json").read_text())["file"] == "wrn.ts"
+    assert export_model(make_config(first, "export.yaml"))["file"] == "wrn.ts"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 200_000, '{"file": ' + "1" * 5000 + "}"],
+    ids=["nested-too-deep-for-the-parser", "integer-too-long-for-python"],
+)
+def test_a_json_beside_the_output_that_python_cannot_read_is_a_file_of_the_users(
+    trained_run: Path, make_config, tmp_path: Path, text: str
+) -> None:
+    """JSON that Python's parser gives up on (RecursionError, ValueError) is not an earlier description: refused."""
+    (tmp_path / "odd.json").write_text(text)
+    overrides = [f"ckpt_path={best_checkpoint(trained_run)}", "format=torchscript", f"output={tmp_path / 'odd.pt'}"]
+    with pytest.raises(ConfigError, match=r"odd\.json already exists and is not an earlier output"):
+        export_model(make_config(overrides, "export.yaml"))
+    assert (tmp_path / "odd.json").read_text() == text and not (tmp_path / "odd.pt").exists()
+
+
 def test_the_json_holds_the_networks_class_and_keyword_arguments_only() -> None:
     """Hydra's call keys are left out; a config that keyword arguments cannot describe stops a state_dict export
     (its weights could not be loaded from the .json), and is recorded as it is beside an onnx model."""
@@ -216,6 +247,7 @@ def test_an_export_that_does_not_match_the_checkpoint_is_not_written(
         (["format=pickle"], r"format: expected one of \['onnx', 'torchscript', 'state_dict'\], got 'pickle'"),
         (["input=float"], r"input: expected one of \['uint8', 'normalized'\], got 'float'"),
         (["opset=13"], "opset=13: torch's ONNX exporter writes opset 18 or later"),
+        (["opset=40"], r"opset=40: torch's ONNX exporter writes opsets 18 to \d+ with the installed onnx"),
         (["output=/tmp/model.json"], "the model.s description is written to <name>.json"),
         (["ckpt_path=null"], r"ckpt_path is required \(the checkpoint to load\): python src/export.py"),
     ],
@@ -227,6 +259,28 @@ def test_bad_settings_are_one_clear_error(
     with pytest.raises(ConfigError, match=message):
         export_model(cfg)
     assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_the_newest_opset_is_the_newest_the_exporter_writes(trained_run: Path, make_config, tmp_path: Path) -> None:
+    """One past it is refused before exporting (the exporter fails deep inside onnx_ir, or writes opset 18); the
+    newest itself is written as asked."""
+    newest = export.newest_opset()
+    ckpt = f"ckpt_path={best_checkpoint(trained_run)}"
+    with pytest.raises(ConfigError, match=rf"opset={newest + 1}: .*writes opsets 18 to {newest} .*opset<={newest}"):
+        export_model(make_config([ckpt, f"opset={newest + 1}"], "export.yaml"))
+    description = export_model(make_config([ckpt, f"opset={newest}"], "export.yaml"))
+    assert description["opset"] == newest and export.onnx_opset(tmp_path / "model.onnx") == newest
+
+
+def test_an_onnx_model_at_another_opset_than_asked_is_not_written(
+    trained_run: Path, make_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past onnx's newest opset the exporter logs a warning and writes opset 18: refused, not a silent downgrade."""
+    monkeypatch.setattr(export, "newest_opset", lambda: 40)  # an exporter that claims more than it writes
+    cfg = make_config([f"ckpt_path={best_checkpoint(trained_run)}", "opset=40"], "export.yaml")
+    with pytest.raises(ExportCheckError, match=r"wrote opset 18, not opset=40, so the model was not written"):
+        export_model(cfg)
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob("*.json"))
 
 
 def test_onnx_without_its_packages_says_what_to_install(

@@ -5,7 +5,7 @@ What `predict.py input=…` reads:
 - a folder: every file in it and its subfolders (hidden ones skipped), in sorted order, named by its path in the
   folder; a file that cannot be read is reported with its reason and the others still run;
 - a `.npz` file with uint8 images N×H×W×3 (NHWC, RGB) under the key `images` (or `data`, the key of this project's
-  own array export), and optionally their names, N strings, under `names`.
+  own array export), and optionally their names, N strings (or UTF-8 bytes), under `names`.
 
 Every image is made RGB and fitted to S×S: its shorter side resized to S (bilinear, antialiased), then the centre
 S×S cut out, so nothing is stretched; an S×S image is left as it is. Colour modes: grayscale (L, 1) and palette
@@ -191,12 +191,38 @@ def read_npz(path: Path, size: int) -> ImageInputs:
         )
     if len(images) == 0:
         raise ImageInputError(f"input={path}: '{key}' holds no images")
+    if 0 in images.shape[1:3]:  # nothing to resize: torchvision's resize would divide by zero
+        raise ImageInputError(
+            f"input={path}: '{key}' is {images.dtype} {list(images.shape)}, images of no pixels; expected uint8 "
+            "images N×H×W×3 of at least 1×1 pixels"
+        )
     if names is not None and (names.ndim != 1 or len(names) != len(images)):
         raise ImageInputError(
             f"input={path}: 'names' has shape {list(names.shape)}, expected one name per image ({len(images)})"
         )
-    labels = [str(n) for n in names] if names is not None else [f"{path.name}[{i}]" for i in range(len(images))]
+    labels = npz_names(names, path) if names is not None else [f"{path.name}[{i}]" for i in range(len(images))]
     tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     if tuple(tensor.shape[-2:]) != (size, size):
         tensor = torch.stack([fit_to_square(image, size) for image in tensor])
     return ImageInputs(labels, tensor.contiguous())
+
+
+def npz_names(names: np.ndarray, path: Path) -> list[str]:
+    """The names of a .npz as text: strings as they are, bytes (`np.array([b"cat.png"])`, what h5py's fixed-length
+    strings read as) decoded as UTF-8; ImageInputError for names of another type or bytes that are not UTF-8."""
+    if names.dtype.kind == "U":
+        return names.tolist()
+    if names.dtype.kind != "S":
+        raise ImageInputError(
+            f"input={path}: 'names' is {names.dtype}, expected N strings: save them as np.array(['cat.png', …])"
+        )
+    labels = []
+    for i, name in enumerate(names.tolist()):
+        try:
+            labels.append(name.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ImageInputError(
+                f"input={path}: 'names'[{i}] is {name!r}, bytes that are not UTF-8 text: save the names as "
+                "strings (np.array(['cat.png', …])) or as UTF-8 bytes"
+            ) from err
+    return labels

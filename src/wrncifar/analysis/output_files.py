@@ -18,8 +18,15 @@ class OutputFolderError(RuntimeError):
 
 
 def output_folder(folder: Path, within: Path) -> Path:
-    """`folder`, created if missing; OutputFolderError if it, or a folder between `within` (a run folder, which may
-    itself be a link, as `logs/` on a cluster often is) and it, is a symbolic link."""
+    """`folder`, created if missing; OutputFolderError (`check_output_folder`) if it cannot hold the outputs."""
+    check_output_folder(folder, within)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def check_output_folder(folder: Path, within: Path) -> None:
+    """OutputFolderError if `folder` is a file, or if it or a folder between `within` (a run folder, which may
+    itself be a link, as `logs/` on a cluster often is) and it is a symbolic link; nothing is created."""
     parts = [folder, *folder.parents]
     below = parts[: parts.index(within)] if within in parts else [folder]
     for part in below:
@@ -29,8 +36,6 @@ def output_folder(folder: Path, within: Path) -> Path:
             )
     if folder.exists() and not folder.is_dir():
         raise OutputFolderError(f"{folder} is a file, not a folder: pass a folder to write the outputs to")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def write_file(path: Path, write: Callable[[Path], object]) -> Path:

@@ -20,6 +20,8 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.apply_func import apply_to_collection
 from torch import nn
 
+from wrncifar.run.training_run import run_folder_of
+
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
 
@@ -255,20 +257,6 @@ def check_checkpoint_path(path: Path, training: bool = True) -> None:
     raise CheckpointError(message)
 
 
-# How far above a path its run's `.hydra/` folder may be (<run>/checkpoints/x.ckpt, <run>/csv/version_0/…).
-RUN_FOLDER_DEPTH = 4
-
-
-def run_folder_of(path: Path) -> Path | None:
-    """The training run's folder that `path` is or lies in (the nearest with a `.hydra/overrides.yaml`, what
-    `resume=` reruns), for messages that name it; None outside a run."""
-    path = path.expanduser().resolve()
-    for folder in [path, *path.parents][:RUN_FOLDER_DEPTH]:
-        if (folder / ".hydra" / "overrides.yaml").is_file():
-            return folder
-    return None
-
-
 def is_lightning_checkpoint(checkpoint: Any) -> bool:
     """Whether `checkpoint` is a Lightning checkpoint (weights, optimizer, loops) rather than a plain state_dict."""
     return isinstance(checkpoint, dict) and "pytorch-lightning_version" in checkpoint and "state_dict" in checkpoint
@@ -356,27 +344,53 @@ def furthest_valid_checkpoint(folder: Path) -> Path:
 
 
 def check_compatible(model: nn.Module, checkpoint: dict[str, Any], path: Path) -> None:
-    """CheckpointError listing the missing, unexpected and reshaped tensors if `checkpoint` is not `model`'s."""
-    _raise_on_mismatch(model.state_dict(), checkpoint["state_dict"], path)
+    """CheckpointError if `checkpoint` is not `model`'s: its state_dict not a dict, or values of the model's tensors
+    that are not tensors, or (listed) missing, unexpected and reshaped tensors. The same for the raw weights an
+    EMA run saves beside the averaged ones (`current_model_state`), which its resume loads."""
+    for key in ("state_dict", "current_model_state"):
+        saved = checkpoint.get(key)
+        if saved is None and key != "state_dict":
+            continue
+        if not isinstance(saved, dict):
+            raise CheckpointError(
+                f"checkpoint {path} is damaged or was not written by training: its {key} is a "
+                f"{type(saved).__name__}, not a dict of tensors; use a checkpoint as training saved it"
+            )
+        _raise_on_mismatch(model.state_dict(), saved, path)
 
 
 def _raise_on_mismatch(expected: dict[str, Any], saved: dict[str, Any], path: Path) -> None:
+    # Checked first: a checkpoint is untrusted data, and load_state_dict fails on such a value with a traceback.
+    not_tensors = [
+        f"{k} ({type(saved[k]).__name__})"
+        for k, v in expected.items()
+        if k in saved and isinstance(v, torch.Tensor) and not isinstance(saved[k], torch.Tensor)
+    ]
+    if not_tensors:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or was not written by training: these weights are not tensors: "
+            f"{_listed(not_tensors)}; use a checkpoint as training saved it"
+        )
     missing = [k for k in expected if k not in saved]
     unexpected = [k for k in saved if k not in expected]
     reshaped = [
         f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in saved and hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(v.shape)
+        if k in saved and isinstance(v, torch.Tensor) and tuple(saved[k].shape) != tuple(v.shape)
     ]
     if not (missing or unexpected or reshaped):
         return
     parts = []
     for title, items in [("missing", missing), ("unexpected", unexpected), ("different shape", reshaped)]:
         if items:
-            shown = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
-            parts.append(f"{title}: {shown}")
+            parts.append(f"{title}: {_listed(items)}")
     raise CheckpointError(
         f"checkpoint {path} is for a different network than the configured model ({'; '.join(parts)}); "
         "use the model config the checkpoint was trained with (eval.py reads it from the run's .hydra/config.yaml; "
         "model.net.* overrides set it for a checkpoint outside a run)"
     )
+
+
+def _listed(items: list[str]) -> str:
+    """The first 8 of `items`, and how many there are in all when there are more."""
+    return ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")

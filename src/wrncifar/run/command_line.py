@@ -82,7 +82,8 @@ def hydra_arguments(
 def absolute_paths(cfg: DictConfig) -> None:
     """Make the path options of `cfg` absolute, relative to the folder the command was run from: with
     `hydra.job.chdir=true` the job runs in its output folder, where a relative path would point elsewhere, and an
-    error then names the absolute path it looked at."""
+    error then names the absolute path it looked at. A leading `~` is the user's home, as in a shell (which expands
+    it in `ckpt_path=~/…` but not in `data.data_dir=~/…`)."""
     if not HydraConfig.initialized():
         return
     launch_dir = Path(HydraConfig.get().runtime.cwd)
@@ -90,5 +91,5 @@ def absolute_paths(cfg: DictConfig) -> None:
     keys += [f"paths.{k}" for k in (cfg.get("paths") or {})]
     for key in keys:
         value = OmegaConf.select(cfg, key, throw_on_missing=False)
-        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+        if isinstance(value, str) and value and value != str(launch_dir / Path(value).expanduser()):
             OmegaConf.update(cfg, key, str(launch_dir / Path(value).expanduser()), force_add=False)

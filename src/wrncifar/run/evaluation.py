@@ -14,7 +14,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wrncifar.analysis.evaluation_report import PREDICTIONS_FILE, REPORT_FILE, build_report, write_report
-from wrncifar.analysis.output_files import output_folder
+from wrncifar.analysis.output_files import check_output_folder, output_folder
 from wrncifar.analysis.predictions import TTA, predict
 from wrncifar.analysis.report_plots import FIGURES, save_report_plots
 from wrncifar.callbacks.progress_bar import console_progress
@@ -30,8 +30,9 @@ from wrncifar.run.console import quiet_console
 from wrncifar.run.extras import apply_extras
 from wrncifar.run.fit_and_test import instantiate_group, metrics_as_floats
 from wrncifar.run.speed import resolve_speed
-from wrncifar.run.training_run import RUN_GROUPS, training_run_config, training_run_dir
+from wrncifar.run.training_run import RUN_GROUPS, SAVED_CONFIG, run_folder_of, training_run_config
 from wrncifar.run.trusted_targets import check_targets
+from wrncifar.sweeps.api_key import redacted
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     settings = ReportSettings(**cfg.get("eval", {}))
     # Before testing: a folder that is refused should not wait for the test, and nothing is written.
     report_dir = report_directory(settings.report_dir, ckpt_path, Path(cfg.paths.output_dir))
+    run_dir = run_folder_of(ckpt_path, SAVED_CONFIG)
+    within = run_dir if run_dir and not settings.report_dir else report_dir.parent
+    if settings.report:
+        check_output_folder(report_dir, within)
     earlier = earlier_report(report_dir) if settings.report else []
 
     datamodule: LightningDataModule = instantiate(cfg.data)
@@ -111,11 +116,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     metrics = metrics_as_floats(trainer.callback_metrics)
     out = Path(cfg.paths.output_dir) / "test_metrics.json"
-    out.write_text(json.dumps({"ckpt_path": str(ckpt_path.resolve()), **metrics}, indent=2) + "\n")
+    out.write_text(json.dumps({"ckpt_path": redacted(str(ckpt_path.resolve())), **metrics}, indent=2) + "\n")
     log.info("Test metrics written to %s", out)
     if settings.report:
-        run_dir = training_run_dir(ckpt_path)
-        output_folder(report_dir, within=run_dir if run_dir and not settings.report_dir else report_dir.parent)
+        output_folder(report_dir, within)
         if earlier:  # removed, not only overwritten: a plain report must not keep an earlier report's flip plots
             log.info("Replacing the evaluation report in %s, written by an earlier run of eval.py", report_dir)
             for path in earlier:
@@ -165,7 +169,7 @@ def report_directory(given: str | None, ckpt_path: Path, output_dir: Path) -> Pa
     directory when the checkpoint is not inside one)."""
     if given:
         return Path(given)
-    return (training_run_dir(ckpt_path) or output_dir) / "eval_report" / ckpt_path.stem
+    return (run_folder_of(ckpt_path, SAVED_CONFIG) or output_dir) / "eval_report" / ckpt_path.stem
 
 
 def earlier_report(folder: Path) -> list[Path]:
@@ -211,22 +215,53 @@ def adopt_training_run_config(cfg: DictConfig, ckpt_path: Path) -> None:
     """Use the training run's `model` and `data` configs, then re-apply this command line's overrides of them.
 
     `model=…` / `data=…` on this command line keep this config's choice; `data.eval_batch_size=64` and the like
-    are applied on top of the run's config.
+    are applied on top of the run's config. The run's saved config is untrusted data: one that cannot be read,
+    whose group is not a config, or whose values cannot be resolved here (`${oc.env:…}` of a variable set on the
+    machine the run trained on) is a ConfigError naming the file and how to go on.
     """
-    run_dir = training_run_dir(ckpt_path)
+    run_dir = run_folder_of(ckpt_path, SAVED_CONFIG)
     if run_dir is None:
         return
-    run_cfg = training_run_config(ckpt_path)
+    saved = run_dir / ".hydra" / SAVED_CONFIG
     overrides = OverridesParser.create().parse_overrides(
         list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     )
-    for group in RUN_GROUPS:
-        if group not in run_cfg or any(o.key_or_group == group for o in overrides):
+    groups = [g for g in RUN_GROUPS if not any(o.key_or_group == g for o in overrides)]
+    if not groups:
+        return
+    given = " and ".join(f"{g}=…" for g in groups)
+    instead = f"or give {given} on the command line to use this command's own configs"
+    try:
+        run_cfg = training_run_config(ckpt_path)
+    except Exception as err:  # any damage to the file: YAML, OmegaConf or encoding errors
+        raise ConfigError(
+            f"the training run's saved config {saved} cannot be read ({type(err).__name__}: {_first_line(err)}): "
+            f"repair it, {instead}"
+        ) from err
+    for group in groups:
+        if group not in run_cfg:
             continue
-        check_targets(OmegaConf.to_container(run_cfg[group]), group, run_dir / ".hydra" / "config.yaml")
+        if not isinstance(run_cfg[group], DictConfig):
+            raise ConfigError(
+                f"the training run's saved config {saved} has a {group} that is not a config "
+                f"({type(run_cfg[group]).__name__}): repair it, {instead}"
+            )
+        check_targets(OmegaConf.to_container(run_cfg[group]), group, saved)
         with open_dict(cfg):
             cfg[group] = run_cfg[group]
             for o in overrides:
                 if o.key_or_group.startswith(f"{group}.") and not o.is_delete():
                     OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True, force_add=True)
+        try:  # here, where this command's overrides of its values apply, rather than when it is first used
+            OmegaConf.to_container(cfg[group], resolve=True)
+        except Exception as err:  # OmegaConf's interpolation and resolver errors
+            where = getattr(err, "full_key", None) or group
+            raise ConfigError(
+                f"{where} of the training run's saved config {saved} cannot be resolved here "
+                f"({_first_line(err)}): give its value on the command line ({where}=…), {instead}"
+            ) from err
         log.info("Using the %s config of the training run that wrote %s", group, ckpt_path)
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

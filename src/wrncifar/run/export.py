@@ -1,7 +1,8 @@
 """Export a checkpoint's network for deployment: `python src/export.py ckpt_path=… format=onnx|torchscript|state_dict`.
 
 - `onnx`: torch's dynamo-based exporter (`torch.onnx.export(..., dynamo=True)`, which needs `onnx` and `onnxscript`),
-  at opset `opset` (18 by default), one input `images` with a dynamic batch axis, one output `logits`.
+  at opset `opset` (18 by default; up to `newest_opset()`, 25 with onnxscript 0.7), one input `images` with a dynamic
+  batch axis, one output `logits`.
 - `torchscript`: `torch.jit.trace` of the same module; any batch size.
 - `state_dict`: the network's own weights with the plain `WideResNet` names (no `net.` prefix), as the seed's code
   saves them: `net.load_state_dict(torch.load(path))` into `get_class(net_class)(**net)`, both from the `.json`.
@@ -13,7 +14,8 @@ image size, mean, std, class names and the network: its class (`net_class`) and 
 keyword dict, not Hydra's config, so that a fresh Python session builds it without Hydra's `instantiate`). Each
 exported file is loaded back (onnxruntime, `torch.jit.load`, a strict `load_state_dict` into the network the `.json`
 describes) and its logits compared with the checkpoint's before the command ends. An existing file at `output` is
-replaced only when it is an earlier export (its `.json` beside it says so).
+replaced only when it is an earlier export (its `.json` beside it says so); so is its `.json`, which is never one
+describing another export (`wrn.ts` and `wrn.pt` in one folder would share `wrn.json`: the second is refused).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ DESCRIPTION_MAX_BYTES = 1 << 20  # a description is a few kB; a larger .json is 
 
 
 class ExportCheckError(RuntimeError):
-    """The exported model's logits differ from the checkpoint's beyond float rounding."""
+    """The exported model is not what was asked: its logits differ from the checkpoint's beyond float rounding, or
+    it is at another opset than `opset`."""
 
 
 def export_model(cfg: DictConfig) -> dict[str, Any]:
@@ -81,6 +84,7 @@ def export_model(cfg: DictConfig) -> dict[str, Any]:
     if out.suffix == ".json":
         raise ConfigError(f"output={out}: the model's description is written to <name>.json; name the model otherwise")
     json_path = out.with_suffix(".json")
+    refuse_other_exports_description(json_path, out, fmt)
     refuse_to_replace(json_path, lambda path: description_file(path) is not None)
     module = Uint8ImageClassifier(loaded.net, loaded.images.mean, loaded.images.std, normalize=kind == "uint8").eval()
 
@@ -131,13 +135,30 @@ def nested_target(value: Any) -> bool:
     return isinstance(value, list) and any(nested_target(v) for v in value)
 
 
+def refuse_other_exports_description(json_path: Path, out: Path, fmt: Format) -> None:
+    """ConfigError when `json_path`, the description `out` would get, describes another export: one with the same
+    stem and another suffix (`wrn.ts` beside `wrn.pt`). Replacing it would leave that export undescribed and, its
+    `.json` then naming `out`, no longer replaceable by the command that wrote it."""
+    description = description_file(json_path)
+    if description is None or description["file"] == out.name:
+        return
+    other = json_path.parent / str(description["file"])
+    renamed = out.with_name(f"{out.stem}_{fmt}{out.suffix}")
+    raise ConfigError(
+        f"output={out}: its description would be {json_path}, which describes another export, {other}, so both "
+        f"were left as they are: give this export another name (e.g. output={renamed}), or remove {other.name} and "
+        f"{json_path.name} if that export is no longer wanted"
+    )
+
+
 def description_file(path: Path) -> dict[str, Any] | None:
     """The `.json` at `path` when it is one this module wrote (it has `DESCRIPTION_KEYS`), else None."""
     try:
         if path.stat().st_size > DESCRIPTION_MAX_BYTES:
             return None
         description = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    # Unreadable, not UTF-8, not JSON (ValueError covers both), or nested too deep for the parser: not one of ours.
+    except (OSError, ValueError, RecursionError):
         return None
     return description if isinstance(description, dict) and all(k in description for k in DESCRIPTION_KEYS) else None
 
@@ -186,10 +207,11 @@ def check_export(
 
 
 def save_onnx(module: nn.Module, example: torch.Tensor, out: Path, opset: int) -> None:
-    """`module` as ONNX at `opset`, with a dynamic batch axis; ConfigError when the exporter's packages are missing."""
+    """`module` as ONNX at `opset`, with a dynamic batch axis. ConfigError when the exporter's packages are missing
+    or `opset` is outside the range it writes; ExportCheckError when it wrote another opset all the same."""
     try:
-        import onnx  # noqa: F401 - the exporter needs both; said here plainly instead of deep inside torch.onnx
-        import onnxscript  # noqa: F401
+        import onnx  # the exporter needs both; said here plainly instead of deep inside torch.onnx
+        import onnxscript
     except ImportError as err:
         raise ConfigError(
             f"format=onnx needs the onnx and onnxscript packages ({err.name} is missing): pip install -e '.[export]'"
@@ -202,6 +224,12 @@ def save_onnx(module: nn.Module, example: torch.Tensor, out: Path, opset: int) -
     if opset < MIN_OPSET:
         raise ConfigError(
             f"opset={opset}: torch's ONNX exporter writes opset {MIN_OPSET} or later; give opset>={MIN_OPSET}"
+        )
+    if opset > (newest := newest_opset()):
+        raise ConfigError(
+            f"opset={opset}: torch's ONNX exporter writes opsets {MIN_OPSET} to {newest} with the installed onnx "
+            f"{onnx.__version__} and onnxscript {onnxscript.__version__}; give opset<={newest}, or upgrade both for "
+            "a newer one"
         )
     for name in ("onnxscript", "onnx_ir"):  # a line per optimisation pass otherwise, none a user can act on
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -218,6 +246,26 @@ def save_onnx(module: nn.Module, example: torch.Tensor, out: Path, opset: int) -
             verbose=False,
         )
     program.save(out)
+    if (written := onnx_opset(out)) != opset:
+        raise ExportCheckError(
+            f"torch's ONNX exporter wrote opset {written}, not opset={opset}, so the model was not written: give "
+            f"opset={written}, or report this with your torch, onnx and onnxscript versions"
+        )
+
+
+def newest_opset() -> int:
+    """The newest opset torch's exporter writes here. It builds the model at opset 18 and converts it with
+    onnxscript's version converter; beyond that converter's range it falls back to onnx's, which (onnx 1.23,
+    onnxscript 0.7) either fails deep inside onnx_ir or, past onnx's own newest opset, leaves the model at 18."""
+    import onnx
+
+    try:  # a private name: without it, onnx's newest opset, and `save_onnx`'s check of the opset written
+        import onnxscript.version_converter._version_converter as converter
+
+        converter_newest = int(converter.SUPPORTED_MAX_ONNX_OPSET)
+    except (ImportError, AttributeError):
+        converter_newest = onnx.defs.onnx_opset_version()
+    return min(converter_newest, onnx.defs.onnx_opset_version())
 
 
 def onnx_opset(path: Path) -> int:

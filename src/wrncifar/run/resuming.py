@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -13,9 +14,10 @@ from omegaconf import DictConfig, open_dict
 
 from wrncifar.callbacks.checkpoint_on_signal import SLURM_JOB_KEY, TORCHRUN_LAUNCH_KEY, slurm_job
 from wrncifar.callbacks.torchrun import torchrun_launch, torchrun_restarts
-from wrncifar.run.checkpoints import CheckpointError, furthest_valid_checkpoint, load_checkpoint, run_folder_of
+from wrncifar.run.checkpoints import CheckpointError, furthest_valid_checkpoint, load_checkpoint
 from wrncifar.run.config_validation import ConfigError
 from wrncifar.run.folder_lock import check_folder_free, launching_process
+from wrncifar.run.training_run import run_folder_of
 from wrncifar.run.trusted_targets import check_override_targets
 
 log = logging.getLogger(__name__)
@@ -129,15 +131,23 @@ def slurm_restarts() -> int:
     return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
-def restarted_by() -> tuple[str, str | None] | None:
-    """Who started this command again, in words, with the SLURM job (`slurm_job`) whose checkpoints it continues
-    from (None: torchrun's, checked by `WritableRunFolder`); None in a first start."""
+@dataclass(frozen=True)
+class Restart:
+    """A command its launcher started again: who did, in words, and the SLURM job (`slurm_job`) whose checkpoints
+    it continues from (None for torchrun's, whose run folder `WritableRunFolder` checked to be its own)."""
+
+    by: str
+    slurm_job: str | None = None
+
+
+def restarted_by() -> Restart | None:
+    """The launcher's restart of this command; None in a first start."""
     job = slurm_job()
     if slurm_restarts() > 0 and job is not None:
-        return f"SLURM job {job.split(':', 1)[1]} was requeued (restart {slurm_restarts()})", job
+        return Restart(f"SLURM job {job.split(':', 1)[1]} was requeued (restart {slurm_restarts()})", job)
     if torchrun_restarts() > 0:
         limit = os.environ.get("TORCHELASTIC_MAX_RESTARTS", "?")
-        return f"torchrun started the run's processes again (restart {torchrun_restarts()} of {limit})", None
+        return Restart(f"torchrun started the run's processes again (restart {torchrun_restarts()} of {limit})")
     return None
 
 
@@ -156,7 +166,7 @@ def resume_restarted_run(cfg: DictConfig) -> None:
     restart = restarted_by()
     if restart is None or cfg.get("resume"):
         return
-    who, job = restart
+    who, job = restart.by, restart.slurm_job
     run_dir = Path(cfg.paths.output_dir)
     try:
         furthest = furthest_valid_checkpoint(run_dir / "checkpoints")
@@ -214,8 +224,8 @@ def restarted_with_own_checkpoint(checkpoint: dict) -> bool:
     restart, launch = restarted_by(), torchrun_launch()
     if restart is None:
         return False
-    if restart[1] is not None:
-        return checkpoint.get(SLURM_JOB_KEY) == restart[1]
+    if restart.slurm_job is not None:
+        return checkpoint.get(SLURM_JOB_KEY) == restart.slurm_job
     return launch is not None and checkpoint.get(TORCHRUN_LAUNCH_KEY) == launch
 
 
@@ -234,10 +244,11 @@ def check_not_finished(checkpoint: dict, path: Path, max_epochs: int | None, max
     done = (max_epochs not in (None, -1) and epochs_done >= max_epochs) or (
         max_steps not in (None, -1) and steps_done >= max_steps
     )
-    if done and restarted_with_own_checkpoint(checkpoint):
+    restart = restarted_by()
+    if done and restart is not None and restarted_with_own_checkpoint(checkpoint):
         log.info(
             "%s after its training had ended (%d epochs, %d steps): nothing is left to train, the test follows",
-            (restarted_by() or ("The run was started again", None))[0],
+            restart.by,
             epochs_done,
             steps_done,
         )

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from wrncifar.callbacks.torchrun import torchrun_restarts
 from wrncifar.run.folder_lock import held_by_this_launch, launching_process
+from wrncifar.sweeps.sweep_setup import resolved_folder
 
 
 class WritableRunFolder(Callback):
@@ -47,12 +48,12 @@ def _restarted(config: DictConfig) -> bool:
     in the run folder an earlier start of the same torchrun command held (not one that was refused there)."""
     if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
         return True
-    folder = _resolved_folder(config, "hydra.run.dir")
+    folder = resolved_folder(config, "hydra.run.dir")
     return torchrun_restarts() > 0 and folder is not None and held_by_this_launch(folder)
 
 
 def _exit_if_holding_a_run(config: DictConfig, key: str, run_folders: Callable[[Path], list[Path]]) -> None:
-    folder = _resolved_folder(config, key)
+    folder = resolved_folder(config, key)
     if folder is None or not folder.is_dir():
         return
     held = [f for f in run_folders(folder) if f.is_dir() and _run_outputs(f)]
@@ -97,16 +98,8 @@ def unwritable_reason(folder: Path) -> str | None:
     return f"{existing} is not writable by this user"
 
 
-def _resolved_folder(config: DictConfig, key: str) -> Path | None:
-    try:
-        # Resolved here as Hydra will resolve it ("${now:…}" may differ by microseconds: the same parents).
-        return Path(str(OmegaConf.select(config, key, throw_on_missing=True))).expanduser().absolute()
-    except Exception:  # noqa: BLE001 - a key only Hydra can resolve yet: Hydra reports its own problems
-        return None
-
-
 def _exit_unless_writable(config: DictConfig, key: str) -> None:
-    folder = _resolved_folder(config, key)
+    folder = resolved_folder(config, key)
     if folder is None:
         return
     reason = unwritable_reason(folder)

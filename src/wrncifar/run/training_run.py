@@ -14,22 +14,28 @@ from omegaconf import DictConfig, OmegaConf
 # The config groups taken from the training run's saved config (`evaluation.adopt_training_run_config`), so that
 # `eval.py ckpt_path=…` rebuilds the same network and data source without repeating the training overrides.
 RUN_GROUPS = ("model", "data")
-# How far above a checkpoint its run's `.hydra/` folder may be (<run>/checkpoints/x.ckpt, <run>/csv/…/x.ckpt).
+# How far above a path its run's `.hydra/` folder may be (<run>/checkpoints/x.ckpt, <run>/csv/version_0/…/x.ckpt).
 RUN_DIR_DEPTH = 4
+# The files of a run's `.hydra/` folder: Hydra's saved config (read to rebuild the run's model and data) and the
+# run's command-line overrides (what `resume=` runs again).
+SAVED_CONFIG = "config.yaml"
+SAVED_OVERRIDES = "overrides.yaml"
 
 
-def training_run_dir(ckpt_path: Path) -> Path | None:
-    """The folder of the run that wrote `ckpt_path`: the nearest one above it with a `.hydra/config.yaml`."""
-    for folder in list(ckpt_path.resolve().parents)[:RUN_DIR_DEPTH]:
-        if (folder / ".hydra" / "config.yaml").is_file():
+def run_folder_of(path: Path, marker: str = SAVED_OVERRIDES) -> Path | None:
+    """The training run's folder that `path` is or lies in: the nearest, at most RUN_DIR_DEPTH folders above it,
+    with a `.hydra/<marker>`; None outside a run."""
+    path = path.expanduser().resolve()
+    for folder in [path, *path.parents][: RUN_DIR_DEPTH + 1]:
+        if (folder / ".hydra" / marker).is_file():
             return folder
     return None
 
 
 def training_run_config(ckpt_path: Path) -> DictConfig | None:
     """The config Hydra saved for the run that wrote `ckpt_path`."""
-    run_dir = training_run_dir(ckpt_path)
-    return None if run_dir is None else OmegaConf.load(run_dir / ".hydra" / "config.yaml")  # type: ignore[return-value]
+    run_dir = run_folder_of(ckpt_path, SAVED_CONFIG)
+    return None if run_dir is None else OmegaConf.load(run_dir / ".hydra" / SAVED_CONFIG)  # type: ignore[return-value]
 
 
 def run_config_keys(args: list[str]) -> list[str]:

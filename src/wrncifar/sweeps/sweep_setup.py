@@ -30,7 +30,7 @@ class SweepSetup(Callback):
     """Hydra callback: prepares a multirun and its jobs (see the module docstring)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = _resolved(config, "hydra.sweep.dir")
+        sweep_dir = resolved_folder(config, "hydra.sweep.dir")
         made = [new_folder(sweep_dir)] if sweep_dir else []
         storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
         if isinstance(storage, str) and storage.startswith(SQLITE_PREFIX):
@@ -46,7 +46,9 @@ class SweepSetup(Callback):
         pin_one_gpu_per_job(config)
 
 
-def _resolved(config: DictConfig, key: str) -> Path | None:
+def resolved_folder(config: DictConfig, key: str) -> Path | None:
+    """The absolute folder `config`'s `key` names (`hydra.run.dir`), resolved here as Hydra will resolve it
+    ("${now:…}" may differ by microseconds: the same parents); None while only Hydra can resolve it."""
     try:
         return Path(str(OmegaConf.select(config, key, throw_on_missing=True))).expanduser().absolute()
     except Exception:  # noqa: BLE001 - a key only Hydra can resolve yet: Hydra reports its own problems
