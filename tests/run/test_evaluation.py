@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
 
 from tests.conftest import best_checkpoint, last_logged, read_metrics, run_entry
 from wrncifar.analysis.evaluation_report import PREDICTIONS_FILE, REPORT_FILE, read_report
@@ -146,15 +145,16 @@ def test_the_run_config_is_found_above_the_checkpoint(tmp_path: Path) -> None:
     ],
 )
 def test_a_damaged_or_unresolvable_run_config_is_one_message_naming_the_file(
-    tmp_path: Path, saved: str, message: str
+    make_config, tmp_path: Path, saved: str, message: str
 ) -> None:
     """The saved config is data from disk: a run folder damaged, or copied from a machine with other variables."""
-    (tmp_path / ".hydra").mkdir()
-    (tmp_path / ".hydra" / "config.yaml").write_text(saved)
-    cfg = OmegaConf.create({"model": {"tag": "this command's"}, "data": {"tag": "this command's"}})
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(saved)
+    cfg = make_config([f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"], config_name="eval.yaml", speed=False)
     with pytest.raises(ConfigError, match=re.escape(message)) as refused:
-        adopt_training_run_config(cfg, tmp_path / "checkpoints" / "last.ckpt")
-    assert str(tmp_path / ".hydra" / "config.yaml") in str(refused.value)
+        adopt_training_run_config(cfg, run_dir / "checkpoints" / "last.ckpt")
+    assert str(run_dir / ".hydra" / "config.yaml") in str(refused.value)
     assert "or give model=… and data=… on the command line" in str(refused.value)
 
 
