@@ -138,7 +138,8 @@ class WandbLogger(LightningWandbLogger):
             if mode:
                 self._wandb_init["mode"] = mode
         argv = sys.argv
-        sys.argv = [redacted(arg) for arg in argv]  # W&B records the command line as the run's "args"
+        if starting:  # W&B records the command line as the run's "args" when it starts; later calls only read it
+            sys.argv = [redacted(arg) for arg in argv]
         try:
             run = super().experiment
         except _wandb_comm_error() as err:  # a key but no network: W&B gives up after its init_timeout

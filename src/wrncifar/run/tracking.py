@@ -54,16 +54,17 @@ class SecretFilter(logging.Filter):
     message and the traceback it carries (`log.exception` of an error that quotes the key)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not api_key():
+        key = api_key()
+        if not key:
             return True
         message = record.getMessage()
-        if api_key() in message:
+        if key in message:
             record.msg, record.args = redacted(message), ()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text and api_key() in record.exc_text:
+        if record.exc_text and key in record.exc_text:
             record.exc_text = redacted(record.exc_text)  # the handlers' formatters print exc_text as it is
-        if record.stack_info and api_key() in record.stack_info:
+        if record.stack_info and key in record.stack_info:
             record.stack_info = redacted(record.stack_info)
         return True
 
