@@ -264,6 +264,22 @@ def test_in_process_predictions_go_to_a_given_folder(trained_run: Path, make_con
     assert list(rows[0]) == ["file", "class_1", "prob_1", "class_2", "prob_2"]
 
 
+def test_no_name_in_the_csv_runs_as_a_spreadsheet_formula(trained_run: Path, make_config, tmp_path: Path) -> None:
+    """Image names are data: one starting like a formula gets a leading ' (shown as text), a number stays as it is."""
+    names = ['=HYPERLINK("http://x","y")', "@SUM(1)", "+cmd|' /C calc'!A0", "-2+3", "\tx", "-0.5", "cat.png"]
+    images = run_test_images(trained_run, len(names))
+    np.savez(tmp_path / "named.npz", images=images.permute(0, 2, 3, 1).numpy(), names=np.array(names))
+    overrides = [
+        f"ckpt_path={best_checkpoint(trained_run)}",
+        f"input={tmp_path / 'named.npz'}",
+        f"output={tmp_path / 'out.csv'}",
+        "device=cpu",
+    ]
+    predict_images(make_config(overrides, "predict.yaml"))
+    written = [row["file"] for row in read_csv(tmp_path / "out.csv")]
+    assert written == [f"'{name}" for name in names[:5]] + ["-0.5", "cat.png"]
+
+
 def test_predictions_replace_earlier_predictions_but_no_other_file(
     trained_run: Path, make_config, tmp_path: Path
 ) -> None:

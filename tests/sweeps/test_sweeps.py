@@ -233,6 +233,19 @@ def test_the_summary_ranks_the_jobs_in_the_sweepers_direction(
     assert best_first in rows[1]
 
 
+def test_no_summary_cell_runs_as_a_spreadsheet_formula(tmp_path: Path) -> None:
+    """A job folder's overrides are data: a value starting like a formula is kept as text, a number as it is."""
+    for job, tag in enumerate(['=HYPERLINK("http://x")', "-0.5", "@SUM(1+1)"]):
+        (tmp_path / str(job) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text(f"- '+tag={tag}'\n")
+        record_job_result(tmp_path / str(job), 0.5 - job / 10)
+    hydra = {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(tmp_path)}, "sweeper": {}}
+    SweepSummary(mode="max").on_multirun_end(OmegaConf.create({"hydra": hydra, "optimized_metric": "val/acc"}))
+    rows = list(csv.reader((tmp_path / "sweep_summary.csv").open()))
+    assert rows[0] == ["job", "status", "val/acc", "+tag", "error"]
+    assert [row[3] for row in rows[1:]] == ['\'=HYPERLINK("http://x")', "-0.5", "'@SUM(1+1)"]
+
+
 def test_a_failed_jobs_record_keeps_its_error_but_not_the_api_key_it_quotes(tmp_path: Path, monkeypatch) -> None:
     key = "0123456789abcdef" * 2
     monkeypatch.setenv("WANDB_API_KEY", key)

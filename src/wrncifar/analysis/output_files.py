@@ -3,6 +3,9 @@
 Each file is written to a temporary file beside it and renamed over the target. A rename replaces a symbolic link
 itself rather than the file it points to, so a link planted in a run folder (`curves.png` → someone's file)
 cannot make the project overwrite anything outside; a folder that is a link is refused by name.
+
+Text read from data (an image's file name, a class name) that goes into a CSV passes through `spreadsheet_text`,
+so that opening the CSV in a spreadsheet never runs it as a formula.
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+# How a cell starts when a spreadsheet reads it as a formula (OWASP's list for CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class OutputFolderError(RuntimeError):
@@ -49,3 +55,15 @@ def write_file(path: Path, write: Callable[[Path], object]) -> Path:
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def spreadsheet_text(cell: str) -> str:
+    """`cell` for a CSV: with a leading `'` when it starts like a formula (`FORMULA_STARTS`: `=cmd|…`,
+    `@SUM(…)`, `-2+3`), so that a spreadsheet shows it as the text it is; numbers (`-0.5`) are kept as they are."""
+    if not cell.startswith(FORMULA_STARTS):
+        return cell
+    try:
+        float(cell)
+    except ValueError:
+        return "'" + cell
+    return cell

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from wrncifar.analysis.image_inputs import ALPHA_MODES, ImageInputError, ImageInputs, read_images
-from wrncifar.analysis.output_files import write_file
+from wrncifar.analysis.output_files import spreadsheet_text, write_file
 from wrncifar.analysis.predictions import TTA, predict
 from wrncifar.models.uint8_images import Uint8ImageClassifier
 from wrncifar.run.checkpoint_network import load_checkpoint_network, output_file, pick_device, required_path
@@ -106,7 +106,8 @@ def class_log_probs(model: torch.nn.Module, images: torch.Tensor, tta: TTA, batc
 
 
 def write_predictions(path: Path, rows: list[tuple[str, list[tuple[str, float]]]], top_k: int) -> Path:
-    """`file, class_1, prob_1, …, class_k, prob_k`, one row per image, best class first."""
+    """`file, class_1, prob_1, …, class_k, prob_k`, one row per image, best class first. Names and classes that
+    start like a spreadsheet formula get a leading `'` (`spreadsheet_text`)."""
     header = ["file"] + [f"{column}_{rank}" for rank in range(1, top_k + 1) for column in ("class", "prob")]
 
     def write(tmp: Path) -> None:
@@ -114,7 +115,8 @@ def write_predictions(path: Path, rows: list[tuple[str, list[tuple[str, float]]]
             writer = csv.writer(f)
             writer.writerow(header)
             for name, top in rows:
-                writer.writerow([name] + [value for cls, p in top for value in (cls, f"{p:.6f}")])
+                cells = [value for cls, p in top for value in (spreadsheet_text(cls), f"{p:.6f}")]
+                writer.writerow([spreadsheet_text(name), *cells])
 
     return write_file(path, write)
 

@@ -27,7 +27,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from wrncifar.analysis.output_files import write_file
+from wrncifar.analysis.output_files import spreadsheet_text, write_file
 from wrncifar.analysis.run_logs import SweepRun, sweep_runs, varying_overrides
 from wrncifar.sweeps.api_key import redacted
 
@@ -148,7 +148,8 @@ def write_summary(
     table = [header, ["---"] * len(header), *rows]
     markdown = "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table)
     text = io.StringIO()
-    csv.writer(text).writerows([header, *rows])
+    # Override values and error texts may quote data (a file name): no cell may run as a spreadsheet formula.
+    csv.writer(text).writerows([header, *([spreadsheet_text(cell) for cell in row] for row in rows)])
     # Replaced whole (a temporary file renamed over it): jobs running at once may each rewrite the summary.
     write_file(sweep_dir / SUMMARY_CSV, lambda tmp: tmp.write_text(text.getvalue()))
     write_file(sweep_dir / SUMMARY_MD, lambda tmp: tmp.write_text(f"# Sweep {sweep_dir}\n\n{markdown}\n"))
