@@ -225,6 +225,33 @@ def test_array_export_loads_with_checksums(tmp_path) -> None:
     assert dm.classes[-1] == "c99"
 
 
+def test_an_export_grouped_by_class_gives_a_test_set_whose_first_images_hold_every_class(tmp_path) -> None:
+    """`limit_test_batches` tests the first batches: of an export grouped by class (as the staged copy is), those
+    must not be the first classes only. The same fixed order every time, each image with its own label."""
+    # Superclasses named: their labels are checked against the fine ones, so they must be shuffled alike.
+    write_array_export(tmp_path, coarse_names=[f"s{i}" for i in range(20)])
+    with np.load(tmp_path / "test.npz") as npz:
+        images, labels = npz["data"], npz["fine_labels"]
+    first, again = datamodule(tmp_path).test_set, datamodule(tmp_path).test_set
+    assert torch.equal(first.labels, again.labels) and torch.equal(first.images, again.images)
+    half = len(labels) // 2
+    assert len(np.unique(labels[:half])) == FAKE_CLASSES // 2  # the file: grouped
+    assert len(np.unique(first.labels[:half].numpy())) > FAKE_CLASSES * 0.65  # shuffled: about 75 of 100
+    served = first.images.permute(0, 2, 3, 1).numpy()
+    position = {image.tobytes(): i for i, image in enumerate(images)}
+    order = [position[image.tobytes()] for image in served]
+    assert sorted(order) == list(range(len(labels)))
+    assert first.labels.tolist() == labels[order].tolist()
+
+
+def test_checksums_in_upper_case_are_read_as_sha256sum_reads_them(tmp_path) -> None:
+    write_array_export(tmp_path)
+    sums = tmp_path / "SHA256SUMS"
+    upper = [f"{line[:64].upper()}{line[64:]}" for line in sums.read_text().splitlines()]
+    sums.write_text("\n".join(upper) + "\n")
+    assert len(datamodule(tmp_path).test_set) == FAKE_CLASSES * FAKE_TEST_PER_CLASS
+
+
 def test_array_export_carries_superclasses_when_it_names_them(tmp_path) -> None:
     write_array_export(tmp_path / "unnamed")
     assert datamodule(tmp_path / "unnamed").superclasses == ()  # coarse labels without names: none

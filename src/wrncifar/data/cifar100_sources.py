@@ -5,7 +5,9 @@ was the only release (run/entry.py and older code import its errors from here).
 Sources, in the order they are looked for under `data_dir` (names for CIFAR-100 / CIFAR-10):
 1. the array export: `train.npz`, `test.npz`, `meta.json` (checked against `SHA256SUMS` when present). The npz files
    hold `data` (uint8 N×32×32×3, HWC) and the labels under the official pickles' key, `fine_labels` / `labels`;
-   `meta.json` holds the class names under the official meta file's key, `fine_label_names` / `label_names`;
+   `meta.json` holds the class names under the official meta file's key, `fine_label_names` / `label_names`.
+   Its test set is served in a fixed shuffled order (the export may group it by class), so that any first part of
+   it (`limit_test_batches`) holds every class, as in the official release's order;
 2. the official `cifar-100-python/` / `cifar-10-batches-py/` folder (checked against torchvision's md5s);
 3. the official `cifar-100-python.tar.gz` / `cifar-10-python.tar.gz` archive (md5-checked, then extracted next to
    it, or into this user's cache when the folder is read-only: `extraction_dir`);
@@ -38,6 +40,7 @@ from wrncifar.data.cifar_releases import CIFARRelease
 log = logging.getLogger(__name__)
 
 ARRAY_FILES = ("train.npz", "test.npz", "meta.json")
+TEST_ORDER_SEED = 0  # the array export's test set is served in this seed's permutation (module docstring)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -272,7 +275,7 @@ def _verify_array_export(data_dir: Path) -> None:
         if path.name not in ARRAY_FILES:
             continue
         actual = _file_hash(path, hashlib.sha256())
-        if actual != digest:
+        if actual != digest.lower():  # sha256sum -c reads either case
             raise CorruptDatasetError(
                 f"{path} fails its SHA-256 check against {sums} (expected {digest}, got {actual}): "
                 "the file is truncated or corrupt. Replace it with a fresh copy; nothing was deleted."
@@ -305,6 +308,9 @@ def _read_array_export(data_dir: Path, release: CIFARRelease) -> ImageArrays:
         raise CorruptDatasetError(f"{path} cannot be read as {release.name} metadata: {err!r}") from err
     train_images, train_labels, train_coarse = _read_npz(data_dir / "train.npz", release)
     test_images, test_labels, test_coarse = _read_npz(data_dir / "test.npz", release)
+    order = np.random.default_rng(TEST_ORDER_SEED).permutation(len(test_labels))
+    test_images, test_labels = test_images[order], test_labels[order]
+    test_coarse = None if test_coarse is None else test_coarse[order]
     if len(classes) != release.num_classes or len(set(classes)) != release.num_classes:
         raise CorruptDatasetError(
             f"{path} names {len(set(classes))} distinct classes, the labels need {release.num_classes}: "
