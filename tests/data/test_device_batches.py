@@ -506,6 +506,7 @@ def fit(
     seed: int = 7,
     batch_size: int = 16,
     epochs: int = EPOCHS,
+    limit_train_batches: int | None = None,
 ) -> None:
     seed_everything(seed, workers=True)
     net = WideResNet(num_classes=10, widths=[4, 8, 8, 8], blocks_per_stage=1)
@@ -519,7 +520,12 @@ def fit(
         batch_size=batch_size,
     )
     trainer = quiet_trainer(
-        callbacks, max_epochs=epochs, max_steps=max_steps, num_sanity_val_steps=0, limit_val_batches=0
+        callbacks,
+        max_epochs=epochs,
+        max_steps=max_steps,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        limit_train_batches=limit_train_batches,
     )
     trainer.fit(ImageClassifier(net), datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
 
@@ -542,6 +548,20 @@ def test_lightning_run_resumed_mid_epoch_trains_on_the_same_batches_as_an_uninte
     fit([after], ckpt_path=Path(checkpoint.best_model_path), seed=8)
     # The rest of the interrupted epoch, then nothing: no batch repeated, none skipped, same augmentation.
     assert_same_batches(after.batches, uninterrupted.batches[INTERRUPTED_AT:])
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+def test_a_run_limited_to_fewer_batches_resumed_mid_epoch_trains_the_rest_of_its_limited_epoch(tmp_path: Path) -> None:
+    """`limit_train_batches` (debug=limit): the epoch ends at the limit, so does the resumed one, not a limit later."""
+    limit = STEPS_PER_EPOCH - 1
+    uninterrupted = RecordBatches()
+    fit([uninterrupted], limit_train_batches=limit)
+    assert len(uninterrupted.batches) == EPOCHS * limit
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=limit + 2)
+    fit([checkpoint], max_steps=limit + 2, limit_train_batches=limit)
+    after = RecordBatches()
+    fit([after], ckpt_path=Path(checkpoint.best_model_path), limit_train_batches=limit)
+    assert_same_batches(after.batches, uninterrupted.batches[limit + 2 :])
 
 
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")

@@ -329,14 +329,15 @@ def count_resumed_epoch(trainer: Trainer) -> None:
     number of processes of the run that saved it, and ends an epoch once its count reaches this run's batches per
     epoch. Resumed with another batch size or number of processes, the rest of the epoch is another number of
     batches: Lightning would stop before the last of them, or its count would run past the end. Its count is set to
-    this run's batches per epoch less the batches the on-device loader has left (`DeviceBatches.resumed`); other
-    loaders are left as they are."""
+    the loader's batches per epoch less those it has left (`DeviceBatches.resumed`): the batches of the epoch this
+    run's loader counts as served, so that with `limit_train_batches` too the epoch ends where the uninterrupted
+    run's would. Other loaders are left as they are."""
     loader = trainer.train_dataloader
     resumed = loader.resumed if isinstance(loader, DeviceBatches) else None
     if resumed is None or not math.isfinite(trainer.num_training_batches):
         return
     counted, left = resumed
-    shift = max(0, int(trainer.num_training_batches) - left) - counted
+    shift = max(0, len(loader) - left) - counted
     progress = trainer.fit_loop.epoch_loop.batch_progress.current
     progress.ready, progress.started = progress.ready + shift, progress.started + shift
     progress.processed, progress.completed = progress.processed + shift, progress.completed + shift
