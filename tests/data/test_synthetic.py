@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import pytest
 import torch
 
 from wrncifar.data.cifar100 import ImageDataset
@@ -45,3 +48,13 @@ def test_goes_through_the_cifar100_split_transforms_and_loaders() -> None:
     assert labels.shape == (8,) and labels.dtype == torch.int64
     assert dm.num_classes == 10
     assert dm.superclasses == () and dm.fine_to_coarse == ()  # no class hierarchy
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"seed": -1}, "seed must be in 0 … 4294967295, got -1"), ({"split_seed": 2**32}, "split_seed must be in 0")],
+)
+def test_a_seed_the_generators_cannot_take_is_named_when_the_data_module_is_made(kwargs, message: str) -> None:
+    """Made directly (a notebook), not through the config check: the error still names the argument."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SyntheticCIFAR100DataModule(**kwargs)

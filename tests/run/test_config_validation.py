@@ -27,6 +27,9 @@ from wrncifar.run.config_validation import ConfigError, check_num_classes, valid
             "model.scheduler.name: expected one of ['cosine', 'multistep', 'constant', 'onecycle']",
         ),
         ("seed=abc", "seed: expected int or null, got 'abc'"),
+        ("seed=-1", "seed: a seed must be in 0 … 4294967295, got -1"),
+        ("seed=4294967296", "seed: a seed must be in 0 … 4294967295, got 4294967296"),
+        ("data.split_seed=-1", "data.split_seed: a seed must be in 0 … 4294967295, got -1"),
         ("train=sometimes", "train: expected a boolean"),
         ("matmul_precision=fastest", "matmul_precision: expected"),
         ("trainer.max_epochs=0", "trainer.max_epochs: must be >= 1"),
@@ -70,6 +73,12 @@ def test_every_problem_is_reported_at_once(make_config) -> None:
 
 def test_valid_configs_pass_including_settings_given_as_mappings(make_config) -> None:
     validate_config(make_config(["model.optimizer.lr=1", "seed=null", "data.num_workers=null"]))
+    validate_config(make_config(["seed=0", "data.split_seed=4294967295"]))
+
+
+def test_every_seed_of_the_config_is_checked_by_its_name(make_config) -> None:
+    with pytest.raises(ConfigError, match=re.escape("data.seed: a seed must be in 0 … 4294967295, got -2")):
+        validate_config(make_config(["data=synthetic", "data.seed=-2"]))
 
 
 def test_subclass_arguments_are_checked_through_kwargs(make_config) -> None:

@@ -66,6 +66,12 @@ def require_positive_int(name: str, value: object) -> None:
         raise ValueError(f"{name} must be below {MAX_COUNT:,}, got {value:,}")
 
 
+def require_seed(name: str, value: int) -> None:
+    """ValueError naming `name` unless `value` is a seed numpy's generators take (0 … 2**32 - 1)."""
+    if not 0 <= value < 2**32:
+        raise ValueError(f"{name} must be in 0 … {2**32 - 1}, got {value}")
+
+
 def default_num_workers() -> int:
     """One loader worker per available core, at most 8 (more does not help 32×32 images)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -156,6 +162,7 @@ class CIFAR100DataModule(LightningDataModule):
             raise ValueError(f"num_workers must be >= 0 or null (one per core), got {num_workers}")
         if crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+        require_seed("split_seed", split_seed)
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         if crop_padding_mode not in PADDING_MODES:

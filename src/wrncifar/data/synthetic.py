@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from wrncifar.data.arrays import ImageArrays
-from wrncifar.data.cifar100 import CIFAR100DataModule, require_positive_int
+from wrncifar.data.cifar100 import CIFAR100DataModule, require_positive_int, require_seed
 
 
 def make_synthetic_arrays(
@@ -65,6 +65,7 @@ class SyntheticCIFAR100DataModule(CIFAR100DataModule):
             ("test_per_class", test_per_class),
         ]:
             require_positive_int(name, value)
+        require_seed("seed", seed)
         if noise < 0:
             raise ValueError(f"noise must be >= 0, got {noise}")
         self.num_classes = num_classes

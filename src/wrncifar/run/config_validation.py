@@ -63,6 +63,7 @@ def validate_config(cfg: DictConfig, entry_settings: Mapping[str, type] | None =
     _walk(container, "", problems)
     problems += _training_length_problems(container.get("trainer") or {})
     problems += _accelerator_problems(container.get("trainer") or {})
+    problems += _seed_problems(container, "")
     timeout = container.get("distributed_start_timeout_s")
     if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout <= 0:
         problems.append(f"distributed_start_timeout_s: must be > 0 seconds, got {timeout}")
@@ -89,6 +90,26 @@ def _training_length_problems(trainer: Mapping[str, Any]) -> list[str]:
     limit = trainer.get("limit_train_batches")
     if isinstance(limit, int | float) and not isinstance(limit, bool) and limit == 0:
         problems.append("trainer.limit_train_batches: 0 trains nothing; give a count, a share in (0, 1], or null")
+    return problems
+
+
+MAX_SEED = 2**32 - 1  # numpy's generators and Lightning's seed_everything take seeds in 0 … 2**32 - 1
+
+
+def _seed_problems(node: Any, path: str) -> list[str]:
+    """Every `seed` or `*_seed` key (`seed`, `data.split_seed`, the synthetic data's `data.seed`) out of the range
+    the generators take: said with the key, before numpy's "expected non-negative integer" deep in a setup."""
+    if not isinstance(node, Mapping):
+        return []
+    problems = []
+    for key, value in node.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if isinstance(value, Mapping):
+            problems += _seed_problems(value, key_path)
+            continue
+        is_seed = key == "seed" or str(key).endswith("_seed")
+        if is_seed and isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_SEED:
+            problems.append(f"{key_path}: a seed must be in 0 … {MAX_SEED}, got {value}")
     return problems
 
 
