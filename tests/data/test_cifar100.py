@@ -244,6 +244,13 @@ def test_an_export_grouped_by_class_gives_a_test_set_whose_first_images_hold_eve
     assert first.labels.tolist() == labels[order].tolist()
 
 
+def test_a_data_dir_under_home_given_with_a_tilde_is_read_there(tmp_path, monkeypatch) -> None:
+    """A data module made directly (a notebook): `~` is expanded as the entry points expand it, not read literally."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_array_export(tmp_path / "cifar")
+    assert len(datamodule("~/cifar").test_set) == FAKE_CLASSES * FAKE_TEST_PER_CLASS
+
+
 def test_checksums_in_upper_case_are_read_as_sha256sum_reads_them(tmp_path) -> None:
     write_array_export(tmp_path)
     sums = tmp_path / "SHA256SUMS"

@@ -189,7 +189,7 @@ class CIFAR100DataModule(LightningDataModule):
                 "process, without loader workers (data.on_device=false for loader workers)",
                 num_workers,
             )
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir).expanduser()  # as the entry points expand it
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = default_num_workers() if num_workers is None else num_workers
