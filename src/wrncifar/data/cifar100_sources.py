@@ -12,6 +12,11 @@ Sources, in the order they are looked for under `data_dir` (names for CIFAR-100 
 3. the official `cifar-100-python.tar.gz` / `cifar-10-python.tar.gz` archive (md5-checked, then extracted next to
    it, or into this user's cache when the folder is read-only: `extraction_dir`);
 4. a download by torchvision (md5-checked), when `download=True`.
+Extraction and download write into a hidden folder inside the folder they fill (`.extracting-*`, `.downloading-*`)
+and move the verified result into place, so no run ever reads a half-written folder and a run killed part-way
+leaves none behind (at most that hidden folder, which no layout check reads and which may be removed). They hold a
+lock file in that folder (`.cifar-100-python.tar.gz.lock` / `.cifar-10-python.tar.gz.lock`) while they write: runs
+started together (a node's ranks, a sweep's jobs on one data_dir) wait for the first and read what it wrote.
 A corrupt file raises `CorruptDatasetError` naming it; nothing is ever deleted or overwritten. The one exception is
 a download of this project's own that arrived corrupt: it is moved aside (`<name>.corrupt-<time>`), not reused.
 CIFAR-100's layouts also carry its 20 superclasses (coarse labels and their names); they are read when present.
@@ -25,13 +30,18 @@ import json
 import logging
 import os
 import pickle
+import shutil
+import tempfile
 import time
 import urllib.error
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 from torchvision.datasets.utils import check_integrity, extract_archive
 
 from wrncifar.data.arrays import ImageArrays, superclass_of_each_class
@@ -91,39 +101,105 @@ def prepare_cifar(data_dir: str | Path, release: CIFARRelease, download: bool) -
             f"{', '.join(missing)}. Restore the missing file(s) from the copy it came from, or remove the array "
             "files to use the official release instead"
         )
+    archive = official_archive(data_dir, release)
     if official_folder(data_dir, release).is_dir():
-        _verify_official_folder(data_dir, release)
+        _verify_official_folder(data_dir, release, archive)
         return "official"
-    if official_archive(data_dir, release).is_file():
-        archive, target = official_archive(data_dir, release), extraction_dir(data_dir, release)
+    if archive.is_file():
+        target = extraction_dir(data_dir, release)
         if official_folder(target, release).is_dir():  # extracted into the cache by an earlier run
-            _verify_official_folder(target, release)
+            _verify_official_folder(target, release, archive)
             return "official"
         if not check_integrity(str(archive), release.tgz_md5):
             raise CorruptDatasetError(
                 f"{archive} fails its md5 check (expected {release.tgz_md5}): the archive is truncated or corrupt. "
                 f"Replace it with a fresh copy of {release.filename}; it was left untouched."
             )
-        if target != data_dir:
-            log.warning("%s is not writable: extracting %s into %s", data_dir, archive.name, target)
         target.mkdir(parents=True, exist_ok=True)
-        extract_archive(str(archive), str(target))
-        _verify_official_folder(target, release)
+        with _writing(target, release):
+            if official_folder(target, release).is_dir():  # another run extracted it while this one waited
+                _verify_official_folder(target, release, archive)
+                return "official"
+            if target != data_dir:
+                log.warning("%s is not writable: extracting %s into %s", data_dir, archive.name, target)
+            _extract(archive, target, release)
         return "official"
     if download:
-        archive = official_archive(data_dir, release)
-        created = _missing_folders(data_dir)  # torchvision makes them for the download
+        created = _missing_folders(data_dir)  # made for the download (and its lock file)
         try:
-            release.torchvision_class(str(data_dir), train=True, download=True)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            with _writing(data_dir, release):
+                if not official_folder(data_dir, release).is_dir():  # else another run downloaded it meanwhile
+                    _download(data_dir, release)
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-            _set_aside(archive)  # a partial download
-            _remove_empty(created)  # a mistyped data_dir leaves no folder behind
+            if created:  # a mistyped data_dir leaves no folder behind
+                _lock_file(data_dir, release).unlink(missing_ok=True)
+                _remove_empty(created)
             raise DatasetNotFoundError(_missing_message(data_dir, release, f"and the download failed ({err})")) from err
-        except RuntimeError as err:  # torchvision's "File not found or corrupted.": the md5 of the download differs
-            raise CorruptDatasetError(_corrupt_download_message(archive, release)) from err
-        _verify_official_folder(data_dir, release)
+        _verify_official_folder(data_dir, release, archive)
         return "official"
     raise DatasetNotFoundError(_missing_message(data_dir, release, "and download is off (data.download=false)"))
+
+
+def _lock_file(folder: Path, release: CIFARRelease) -> Path:
+    """The lock held while `release` is written into `folder`: hidden, and named after no file a layout check reads."""
+    return folder / f".{release.filename}.lock"
+
+
+@contextmanager
+def _writing(folder: Path, release: CIFARRelease) -> Iterator[None]:
+    """Hold `folder`'s lock for writing `release` into it, waiting (and saying so once) while another run holds it.
+    The lock file stays after release: waiters must all lock the same file."""
+    lock = FileLock(str(_lock_file(folder, release)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info(
+            "waiting for another run to finish writing %s into %s (it holds %s)", release.name, folder, lock.lock_file
+        )
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _extract(archive: Path, target: Path, release: CIFARRelease) -> None:
+    """Extract `archive` into a hidden folder inside `target`, verify the release folder there, then move it into
+    place: the folder appears whole or not at all."""
+    # A run killed here (kill -9) leaves this `.extracting-*` folder behind: no layout check reads it; remove it.
+    scratch = Path(tempfile.mkdtemp(prefix=".extracting-", dir=target))
+    try:
+        extract_archive(str(archive), str(scratch))
+        try:
+            _verify_official_folder(scratch, release)
+        except CorruptDatasetError as err:
+            raise CorruptDatasetError(
+                f"{archive} passes its md5 check, but the {release.base_folder} folder in it does not ({err}); "
+                "nothing was extracted."
+            ) from err
+        os.rename(official_folder(scratch, release), official_folder(target, release))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _download(data_dir: Path, release: CIFARRelease) -> None:
+    """Download and extract `release` with torchvision (which checks the md5s) into a hidden folder inside
+    `data_dir`, then move the release folder and the archive into place, the folder first."""
+    scratch = Path(tempfile.mkdtemp(prefix=".downloading-", dir=data_dir))  # left by a killed run, as in `_extract`
+    downloaded = official_archive(scratch, release)
+    try:
+        try:
+            release.torchvision_class(str(scratch), train=True, download=True)
+        except (urllib.error.URLError, OSError, http.client.HTTPException):
+            _set_aside(downloaded, data_dir)  # a partial download
+            raise
+        except RuntimeError as err:  # torchvision's "File not found or corrupted.": the md5 of the download differs
+            raise CorruptDatasetError(_corrupt_download_message(downloaded, data_dir, release)) from err
+        os.rename(official_folder(scratch, release), official_folder(data_dir, release))
+        os.rename(downloaded, official_archive(data_dir, release))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _missing_folders(folder: Path) -> list[Path]:
@@ -145,15 +221,16 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
-def _corrupt_download_message(archive: Path, release: CIFARRelease) -> str:
-    """Describe the archive torchvision downloaded and found corrupt, and move it aside: it is this project's own
-    download, and leaving it would make the next run read it instead of downloading again."""
-    if not archive.is_file():
+def _corrupt_download_message(downloaded: Path, data_dir: Path, release: CIFARRelease) -> str:
+    """Describe the archive torchvision downloaded and found corrupt, and move it aside into `data_dir`: it is this
+    project's own download, and leaving it would make the next run read it instead of downloading again."""
+    archive = official_archive(data_dir, release)
+    if not downloaded.is_file():
         return f"the download of {release.url} to {archive} failed its check and left no file; try again"
-    size, md5 = archive.stat().st_size, _file_hash(archive, hashlib.md5())
-    with archive.open("rb") as f:
+    size, md5 = downloaded.stat().st_size, _file_hash(downloaded, hashlib.md5())
+    with downloaded.open("rb") as f:
         html = f.read(512).lstrip().lower().startswith((b"<!doctype html", b"<html"))
-    aside = _set_aside(archive)
+    aside = _set_aside(downloaded, data_dir)
     what = "an HTML page, not the archive (a proxy or login page?)" if html else "truncated or corrupt"
     return (
         f"the download of {release.url} is {what}: {size:,} bytes with md5 {md5}, expected md5 {release.tgz_md5}. "
@@ -162,11 +239,11 @@ def _corrupt_download_message(archive: Path, release: CIFARRelease) -> str:
     )
 
 
-def _set_aside(path: Path) -> Path | None:
-    """Rename a file this project downloaded and cannot use to `<name>.corrupt-<time>`; None when there is none."""
+def _set_aside(path: Path, folder: Path) -> Path | None:
+    """Move a file this project downloaded and cannot use to `folder/<name>.corrupt-<time>`; None when there is none."""
     if not path.is_file():
         return None
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    aside = folder / f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
     path.rename(aside)
     return aside
 
@@ -192,19 +269,25 @@ def _missing_message(data_dir: Path, release: CIFARRelease, why: str) -> str:
     )
 
 
-def _verify_official_folder(data_dir: Path, release: CIFARRelease) -> None:
+def _verify_official_folder(data_dir: Path, release: CIFARRelease, archive: Path | None = None) -> None:
+    """Check every file of the official folder against torchvision's md5s. A fault names the file and, when
+    `archive` (the one the folder can be extracted from) checks out, says that removing the folder fixes it."""
     folder = official_folder(data_dir, release)
     for name, md5 in release.official_files():
         path = folder / name
         if not path.is_file():
-            raise CorruptDatasetError(
-                f"{path} is missing from the {release.name} folder {folder}; restore it or remove the folder."
+            fault = f"{path} is missing from the {release.name} folder {folder}"
+            remedy = "; restore it or remove the folder."
+        elif not check_integrity(str(path), md5):
+            fault = f"{path} fails its md5 check (expected {md5}): the file is truncated or corrupt"
+            remedy = ". Replace the folder with a fresh copy; nothing was deleted."
+        else:
+            continue
+        if archive is not None and check_integrity(str(archive), release.tgz_md5):  # an extraction cut short?
+            remedy = (
+                f". Remove the folder to extract it again from {archive} (its md5 checks out); nothing was deleted."
             )
-        if not check_integrity(str(path), md5):
-            raise CorruptDatasetError(
-                f"{path} fails its md5 check (expected {md5}): the file is truncated or corrupt. "
-                "Replace the folder with a fresh copy; nothing was deleted."
-            )
+        raise CorruptDatasetError(fault + remedy)
 
 
 def _read_official_folder(data_dir: Path, release: CIFARRelease) -> ImageArrays:
