@@ -170,8 +170,12 @@ def test_array_export_with_labels_and_label_names_loads(tmp_path) -> None:
     dm = datamodule(tmp_path)
     assert dm.classes == tuple(f"c{i}" for i in range(FAKE_CIFAR10_CLASSES))
     assert len(dm.train_set) + len(dm.val_set) == TRAIN_IMAGES
-    assert torch.equal(dm.test_set.images, chw(arrays["test_images"]))
-    assert dm.test_set.labels.tolist() == arrays["test_labels"].tolist()
+    # The test set in the served (shuffled) order: each image of the file once, with its own label.
+    images, labels = chw(arrays["test_images"]), arrays["test_labels"].tolist()
+    label_of = {image.numpy().tobytes(): label for image, label in zip(images, labels, strict=True)}
+    served = zip(dm.test_set.images, dm.test_set.labels.tolist(), strict=True)
+    assert {image.numpy().tobytes(): label for image, label in served} == label_of
+    assert len(dm.test_set) == len(labels)
 
 
 @pytest.mark.parametrize(
