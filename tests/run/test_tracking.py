@@ -334,6 +334,11 @@ def test_an_api_key_typed_on_the_command_line_is_warned_of(monkeypatch, caplog) 
         tracking.redact_secrets_in_logs()
     assert "The W&B API key is typed in +logger.wandb.notes on the command line" in caplog.text
     assert "+logger.wandb.notes='${oc.env:WANDB_API_KEY}'" in caplog.text and FAKE_KEY not in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(tracking.rank_zero_only, "rank", 1)  # another DDP process of the same command: said once
+    with caplog.at_level(logging.WARNING, logger="wrncifar.run.tracking"):
+        tracking.redact_secrets_in_logs()
+    assert "API key" not in caplog.text
 
 
 def test_git_state_outside_a_checkout_is_unknown(tmp_path: Path) -> None:

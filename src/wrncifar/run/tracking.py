@@ -15,6 +15,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from wrncifar.sweeps.api_key import API_KEY_ENV, REDACTED, api_key, redacted
@@ -71,12 +72,12 @@ class SecretFilter(logging.Filter):
 
 def redact_secrets_in_logs() -> None:
     """Put a `SecretFilter` on every handler of the root logger (where Hydra's console and file handlers are), and
-    warn of an API key typed on the command line, which Hydra saves as typed."""
+    warn (on rank 0) of an API key typed on the command line, which Hydra saves as typed."""
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, SecretFilter) for f in handler.filters):
             handler.addFilter(SecretFilter())
     typed = [o.split("=", 1)[0] for o in command_line_overrides() if api_key() and api_key() in o]
-    if typed:
+    if typed and rank_zero_only.rank == 0:  # once, not once per DDP process
         log.warning(
             "The W&B API key is typed in %s on the command line: Hydra saves the command line in the run folder's "
             ".hydra/ files as typed (which resume= runs again). Interpolate it instead: %s='${oc.env:%s}'",
