@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from tests.conftest import quiet_trainer
@@ -147,3 +148,43 @@ def test_mixing_settings_are_saved_as_hyperparameters_and_leave_the_state_dict_a
     assert plain.batch_mixing is None and list(mixed.state_dict()) == list(plain.state_dict())
     with pytest.raises(ValueError, match=r"mixing\.prob must be in"):
         ImageClassifier(tiny_net(), mixing={"mixup_alpha": 0.2, "prob": 2})
+
+
+class BatchLosses(Callback):
+    """Each training batch's mean loss and size, and at the end of each epoch its logged train/loss and the
+    number of images train/acc counted."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, float, int]] = []  # (epoch, loss, images)
+        self.epochs: dict[int, tuple[float, int]] = {}
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.batches.append((trainer.current_epoch, float(outputs["loss"]), len(batch[1])))
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: ImageClassifier) -> None:
+        counted = int(pl_module.train_acc.tp.sum() + pl_module.train_acc.fn.sum())  # micro accuracy: every image
+        self.epochs[trainer.current_epoch] = (float(trainer.callback_metrics["train/loss"]), counted)
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+def test_an_epoch_resumed_in_its_middle_logs_the_training_metrics_of_the_whole_epoch(tmp_path) -> None:
+    """A step (or signal) checkpoint mid-epoch: the resumed run's train/loss and train/acc of that epoch count the
+    steps before the checkpoint too, as an uninterrupted run's do."""
+
+    def fit(callbacks: list[Callback], ckpt_path=None, max_steps: int = -1) -> None:
+        torch.manual_seed(0)
+        data = SyntheticCIFAR100DataModule(
+            num_classes=10, train_per_class=10, val_per_class=2, test_per_class=1, on_device=True, batch_size=16
+        )  # 80 training images: 5 steps per epoch
+        trainer = quiet_trainer(callbacks, max_epochs=2, max_steps=max_steps, limit_val_batches=0)
+        trainer.fit(ImageClassifier(tiny_net()), datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+
+    before, after = BatchLosses(), BatchLosses()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=7)  # the second epoch's second step
+    fit([before, checkpoint], max_steps=7)
+    fit([after], ckpt_path=checkpoint.best_model_path)
+    epoch = [(loss, n) for e, loss, n in before.batches + after.batches if e == 1]
+    assert [n for _, n in epoch] == [16] * 5
+    logged, counted = after.epochs[1]
+    assert logged == pytest.approx(sum(loss * n for loss, n in epoch) / 80, rel=1e-5)
+    assert counted == 80

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from wrncifar.data.device_batches import count_resumed_epoch
@@ -28,6 +29,9 @@ from wrncifar.models.compilation import (
 from wrncifar.models.optimization import OptimizerSettings, ScheduleSettings, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
+
+# Checkpoint key of the training metrics' states summed over the processes, in a checkpoint saved mid-epoch.
+EPOCH_TRAIN_METRICS = "epoch_train_metrics"
 
 
 class ImageClassifier(LightningModule):
@@ -119,6 +123,8 @@ class ImageClassifier(LightningModule):
         # Persistent: saved in checkpoints, so a resumed run keeps the best accuracy of the epochs before it.
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)
+        # What a mid-epoch checkpoint saved of its epoch's training metrics (EPOCH_TRAIN_METRICS), until it resumes.
+        self._resumed_epoch_metrics: Any = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -130,6 +136,32 @@ class ImageClassifier(LightningModule):
         if self.compile_network and not network_is_compiled(self.net, self.compile_scope):
             require_compile_support(self.trainer.strategy.root_device)
             compile_in_place(self.net, self.compile_scope, self.compile_mode)
+
+    def _epoch_train_metrics(self) -> dict[str, Metric]:
+        """The metrics of `train/loss` and `train/acc`: every state a sum (a mean's sum and count, accuracy's
+        counts), so that the states of several processes add up and a process's may be restored alone."""
+        return {"train_loss": self.train_loss, "train_acc": self.train_acc}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint saved mid-epoch (a step or signal checkpoint) keeps the epoch's training metrics so far,
+        summed over the processes (every process saves, in step), so that the resumed run logs the whole epoch's
+        train/loss and train/acc, not only its own steps'. One saved at an epoch's end has none to keep."""
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return
+        epochs = trainer.fit_loop.epoch_progress.current
+        # An epoch's last batch, or training ended part-way by `trainer.max_steps` (Lightning counts that epoch as
+        # processed, and a resume starts the next one): no epoch to continue.
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or epochs.processed > epochs.completed:
+            return
+        states = {
+            name: {
+                state: trainer.strategy.reduce(value.detach().clone(), reduce_op="sum").cpu()
+                for state, value in metric.metric_state.items()
+            }
+            for name, metric in self._epoch_train_metrics().items()
+        }
+        checkpoint[EPOCH_TRAIN_METRICS] = {"epoch": trainer.current_epoch, "states": states}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Resumed with other training settings: this config's take effect from the checkpoint on, and the log says
@@ -160,6 +192,7 @@ class ImageClassifier(LightningModule):
                 )
             for group, weight_decay in zip(groups, decays, strict=True):
                 group.update(momentum=settings.momentum, nesterov=settings.nesterov, weight_decay=weight_decay)
+        self._resumed_epoch_metrics = checkpoint.get(EPOCH_TRAIN_METRICS)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -170,6 +203,18 @@ class ImageClassifier(LightningModule):
 
     def on_train_start(self) -> None:
         count_resumed_epoch(self.trainer)  # a mid-epoch resume with another batch size trains the epoch's rest
+        # Resumed from a mid-epoch checkpoint: the epoch's training metrics continue from the checkpoint's (on rank 0,
+        # which holds the sums of all processes; the others start from zero).
+        saved, self._resumed_epoch_metrics = self._resumed_epoch_metrics, None
+        this_epoch = isinstance(saved, Mapping) and saved.get("epoch") == self.current_epoch
+        if not this_epoch or not self.trainer.is_global_zero:
+            return
+        for name, metric in self._epoch_train_metrics().items():
+            states = _mapping(_mapping(saved.get("states")).get(name))
+            for state, current in metric.metric_state.items():  # the metric's own states only: the file is data
+                value = states.get(state)
+                if isinstance(value, torch.Tensor) and value.shape == current.shape:
+                    setattr(metric, state, value.to(device=current.device, dtype=current.dtype))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
@@ -266,3 +311,8 @@ def _settings(cls: type, value: object) -> Any:
     if isinstance(value, Mapping):
         return cls(**value)
     raise TypeError(f"expected {cls.__name__} or a mapping of its fields, got {type(value).__name__}")
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """`value` if it is a mapping (read from a checkpoint, it may be anything), else an empty one."""
+    return value if isinstance(value, Mapping) else {}
