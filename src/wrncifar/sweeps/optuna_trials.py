@@ -18,13 +18,17 @@ it along. The ways a trial's job ends without a value, and what happens here:
   `fail_unfinished_trials` tells the study FAIL for them on the way out.
 
 In each case but the last the sweeper itself tells the study FAIL (a value that is not a number), and the sweep
-ends with its summary, every such job listed with its error, and exit 1.
+ends with its summary, every such job listed with its error, and exit 1. Once more trials of the sweep have failed
+than `hydra.sweeper.max_failure_rate` × its trials so far, `TrialJobs` tells the study the last batch's results
+and stops the search (`TooManyFailedTrialsError`); the sweep ends the same way. Each trial names its job's folder
+in the study (the user attribute JOB_DIR_ATTR): a continued study's trials are in several commands' sweep folders.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,42 +43,82 @@ from wrncifar.sweeps.summary import record_job_outcome, recorded_status
 log = logging.getLogger(__name__)
 
 
+# The trial's user attribute that names its job's folder: the best trial of a study continued over several
+# commands may be in any of their sweep folders.
+JOB_DIR_ATTR = "job_dir"
+
+
 class NoValueError(RuntimeError):
     """A job of an Optuna search returned no value for its trial."""
 
 
+class TooManyFailedTrialsError(RuntimeError):
+    """More of the sweep's trials failed than `hydra.sweeper.max_failure_rate` allows."""
+
+
 class TrialJobs:
     """The sweeper's launcher with each job's config composed before the launch (see the module docstring): a job
-    whose config cannot be composed is recorded and returned as failed instead of stopping the sweep."""
+    whose config cannot be composed is recorded and returned as failed instead of stopping the sweep.
 
-    def __init__(self, launcher: Any, config_loader: Any, config: DictConfig) -> None:
+    It also names each trial's job folder in the study (JOB_DIR_ATTR), and stops the search once more of the
+    sweep's trials have failed than `max_failure_rate` × the trials so far (hydra-optuna-sweeper's own check counts
+    only jobs that raised, which the project's jobs never do: they record their error and return None).
+
+    Attributes:
+        trials: the sweep's trials as the sweeper asks for them (`keep_asked_trials`), the last ones those of the
+            jobs being launched; the sweeper sets it when the search starts.
+    """
+
+    def __init__(self, launcher: Any, config_loader: Any, config: DictConfig, max_failure_rate: float = 1.0) -> None:
         self.launcher = launcher
         self.config_loader = config_loader
         self.config = config
+        self.max_failure_rate = max_failure_rate
+        self.trials: list[Any] = []
+        self.launched = 0
+        self.failed = 0
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
         """The jobs' returns, in the order of `job_overrides` (the sweeper's trials). The jobs that can be composed
-        are launched together and numbered first; those that cannot take the numbers after them."""
-        runnable, uncomposable = [], []
+        are launched together and numbered first; those that cannot take the numbers after them.
+
+        Raises:
+            TooManyFailedTrialsError: after telling the study these trials' results, when the failures are too many.
+        """
+        composed, uncomposable = {}, []
         for position, overrides in enumerate(job_overrides):
             try:
-                self.config_loader.load_sweep_config(self.config, list(overrides))
-                runnable.append(position)
+                composed[position] = self.config_loader.load_sweep_config(self.config, list(overrides))
             except (HydraException, OmegaConfBaseException) as err:
                 uncomposable.append((position, err))
+        runnable = list(composed)
+        numbers = {p: idx for idx, p in enumerate([*runnable, *(p for p, _ in uncomposable)], start=initial_job_idx)}
+        trials = self.trials[-len(job_overrides) :]
+        for position, trial in enumerate(trials):
+            job_dir = job_folder(composed.get(position, self.config), numbers[position])
+            trial.set_user_attr(JOB_DIR_ATTR, str(job_dir.absolute()))
         returns: dict[int, JobReturn] = {}
-        for idx, (position, err) in enumerate(uncomposable, start=initial_job_idx + len(runnable)):
-            returns[position] = uncomposable_job(self.config, list(job_overrides[position]), idx, err)
+        for position, err in uncomposable:
+            returns[position] = uncomposable_job(self.config, list(job_overrides[position]), numbers[position], err)
         if runnable:
             launched = self.launcher.launch([job_overrides[p] for p in runnable], initial_job_idx=initial_job_idx)
             for position, job_return in zip(runnable, launched, strict=True):
                 returns[position] = record_missing_value(job_return)
-        return [returns[position] for position in range(len(job_overrides))]
+        in_order = [returns[position] for position in range(len(job_overrides))]
+        self.launched += len(in_order)
+        self.failed += sum(trial_value(job_return) is None for job_return in in_order)
+        if self.failed > self.max_failure_rate * self.launched:
+            tell_results(trials, in_order)  # as the sweeper would have, had the search gone on
+            raise TooManyFailedTrialsError(
+                f"{self.failed} of the {self.launched} trials so far failed, more than "
+                f"hydra.sweeper.max_failure_rate={self.max_failure_rate} allows: the search stops here"
+            )
+        return in_order
 
 
-def uncomposable_job(config: DictConfig, overrides: list[str], idx: int, err: Exception) -> JobReturn:
-    """The failed JobReturn of job `idx`, whose config cannot be composed, after recording it in the folder the job
-    would have had (`hydra.sweep.dir`/`hydra.sweep.subdir`)."""
+def job_folder(config: DictConfig, idx: int) -> Path:
+    """The folder of job `idx` (`hydra.sweep.dir`/`hydra.sweep.subdir`) of a sweep whose config (the job's own, or
+    the command's) is `config`, as the job makes it."""
     job_config = copy.deepcopy(config)
     with open_dict(job_config.hydra.job):
         job_config.hydra.job.num = idx
@@ -83,7 +127,36 @@ def uncomposable_job(config: DictConfig, overrides: list[str], idx: int, err: Ex
         subdir = str(job_config.hydra.sweep.subdir)
     except OmegaConfBaseException:  # a subdir made of the job's own (uncomposable) config
         subdir = str(idx)
-    job_dir = Path(str(job_config.hydra.sweep.dir)) / subdir
+    return Path(str(job_config.hydra.sweep.dir)) / subdir
+
+
+def trial_value(job_return: JobReturn) -> float | None:
+    """The value a job reports for its trial, None when it has none (it failed, returned nothing, or NaN)."""
+    if job_return.status != JobStatus.COMPLETED:
+        return None
+    try:
+        value = float(job_return.return_value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def tell_results(trials: Sequence[Any], returns: Sequence[JobReturn]) -> None:
+    """Tell the study each trial's result, as hydra-optuna-sweeper does: its job's value, or FAIL."""
+    from optuna.trial import TrialState
+
+    for trial, job_return in zip(trials, returns, strict=True):
+        value = trial_value(job_return)
+        if value is None:
+            trial.study.tell(trial, state=TrialState.FAIL)
+        else:
+            trial.study.tell(trial, value)
+
+
+def uncomposable_job(config: DictConfig, overrides: list[str], idx: int, err: Exception) -> JobReturn:
+    """The failed JobReturn of job `idx`, whose config cannot be composed, after recording it in the folder the job
+    would have had (`hydra.sweep.dir`/`hydra.sweep.subdir`)."""
+    job_dir = job_folder(config, idx)
     message = " ".join(str(err).split())
     log.error("Job %d not launched: its config cannot be composed (%s)", idx, message)
     record_job_outcome(job_dir, overrides, err)

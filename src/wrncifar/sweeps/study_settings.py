@@ -8,7 +8,8 @@ line's fixed overrides (those that are not a search range) and the config they c
 a key to another value than the study's config had is refused, naming the differences, before any trial runs. The
 values compared are the composed config's, not the overrides as typed: `seed=42` continues a study made without
 it when 42 is the default. Overrides that change where results go or how they are labelled (tags, loggers, paths,
-extras) may differ.
+extras) may differ. A study whose every trial failed takes the new command's settings instead, with a line in the
+log: samplers model new trials on none of its trials.
 """
 
 from __future__ import annotations
@@ -96,11 +97,20 @@ def effective_value(settings: dict[str, Any], key: str) -> str:
     return json.dumps(node, sort_keys=True)
 
 
+def modelled_trials(study: Any) -> list[Any]:
+    """The trials of `study` a sampler models new ones on: completed and pruned, and those still running or waiting,
+    which may complete."""
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
+
+
 def check_study_settings(
     storage: str, study_name: str, directions: list[str], arguments: Sequence[str], config: DictConfig
 ) -> None:
     """Record this command's fixed overrides and composed `config` in the study (creating it), or refuse them if
-    they set a value other than the study's.
+    they set a value other than the study's; a study whose every trial failed takes them instead (its sampler
+    ignores failed trials).
 
     Raises:
         StudySettingsError: the stored study was made with other settings, or in the other direction.
@@ -138,6 +148,17 @@ def check_study_settings(
         if then_value != now_value:
             then, now = (then, now) if then != now else (then_value, now_value)
             differences.append(f"{key}: {then} then, {now} now")
+    if differences and not modelled_trials(study):
+        # Samplers model new trials on completed and pruned ones only (and on running ones once they end).
+        log.info(
+            "Study %s holds no completed trial (%d failed): continued with this command's settings (%s)",
+            study_name,
+            len(study.trials),
+            ", ".join(differences),
+        )
+        study.set_user_attr(USER_ATTR, settings)
+        study.set_user_attr(CONFIG_USER_ATTR, effective)
+        return
     if differences:
         raise StudySettingsError(
             f"Optuna study '{study_name}' in {storage} holds {len(study.trials)} trial(s) run with other settings "

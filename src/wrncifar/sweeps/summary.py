@@ -5,9 +5,11 @@ whatever launcher ran it: in this process, in local subprocesses or on SLURM nod
 `SweepSummary` (a Hydra callback, in the process that launched the jobs) reads them back and writes
 `sweep_summary.csv` and `sweep_summary.md` to the sweep folder, and prints the table; it also rewrites them
 after each job, so they exist however the sweep ends. A job that left no record was killed (or is still
-running) and is listed as such; the submitit launchers record a job that SLURM (or submitit's local executor) ended
-without a result (`wrncifar.sweeps.submitit_jobs`), and the Optuna sweeper a trial's job that could not be composed
-or returned no value (`wrncifar.sweeps.optuna_trials`), both with `record_job_outcome`.
+running) and is listed as such, one whose record cannot be read as failed (the error names the file); the submitit
+launchers record a job that SLURM (or submitit's local executor) ended without a result
+(`wrncifar.sweeps.submitit_jobs`), and the Optuna sweeper a trial's job that could not be composed or returned no
+value (`wrncifar.sweeps.optuna_trials`), both with `record_job_outcome`. Records are written whole (a temporary
+file renamed over the old one), and a summary that cannot be made ends the sweep with exit 1 like a failed job.
 """
 
 from __future__ import annotations
@@ -70,14 +72,33 @@ def record_job_outcome(job_dir: Path, overrides: list[str], error: BaseException
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
         overrides_file.parent.mkdir(parents=True, exist_ok=True)
-        overrides_file.write_text(yaml.safe_dump(list(overrides)))
+        write_file(overrides_file, lambda tmp: tmp.write_text(yaml.safe_dump(list(overrides))))
     _write_record(job_dir, None, error, status)
 
 
-def recorded_status(job_dir: Path) -> str | None:
-    """The status in the job's JOB_RESULT, or None when it wrote none."""
+def read_job_record(job_dir: Path) -> dict[str, Any] | None:
+    """The job's JOB_RESULT (status, value, error), or None when it wrote none. A record that cannot be read (cut
+    short by a job killed while writing it with an earlier version, a full disk, edited by hand) reads as failed,
+    its error naming the file."""
     path = job_dir / JOB_RESULT
-    return json.loads(path.read_text())["status"] if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("status"), str):
+            raise ValueError("no status")
+        if not (record.get("value") is None or isinstance(record["value"], int | float)):
+            raise ValueError(f"its value {record['value']!r} is not a number")
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = " ".join(f"{type(err).__name__}: {err}".split())
+        return {"status": "failed", "value": None, "error": f"its record {path} cannot be read ({reason})"}
+    return record
+
+
+def recorded_status(job_dir: Path) -> str | None:
+    """The status in the job's JOB_RESULT ("failed" for one that cannot be read), or None when it wrote none."""
+    record = read_job_record(job_dir)
+    return record["status"] if record else None
 
 
 def _write_record(job_dir: Path, value: Any, error: BaseException | None, status: str | None) -> None:
@@ -87,7 +108,8 @@ def _write_record(job_dir: Path, value: Any, error: BaseException | None, status
         "error": redacted(" ".join(f"{type(error).__name__}: {error}".split())) if error else None,  # one line
     }
     job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / JOB_RESULT).write_text(json.dumps(record, indent=2) + "\n")
+    # Replaced whole: a job killed while writing it leaves its earlier record, or none, never half of one.
+    write_file(job_dir / JOB_RESULT, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
 
 
 @dataclass(frozen=True)
@@ -108,8 +130,7 @@ def summarize(sweep_dir: Path, mode: Literal["max", "min"] = "max") -> list[JobS
     """The jobs of `sweep_dir`, best first: completed jobs by their value, then the rest in job order."""
     jobs = []
     for run in sweep_runs(sweep_dir):
-        path = run.run_dir / JOB_RESULT
-        record = json.loads(path.read_text()) if path.is_file() else {"status": NO_RESULT}
+        record = read_job_record(run.run_dir) or {"status": NO_RESULT}
         jobs.append(JobSummary(run, record["status"], record.get("value"), record.get("error")))
     sign = -1 if mode == "max" else 1
 
@@ -192,10 +213,16 @@ class SweepSummary(Callback):
             write_summary(sweep_dir, str(config.get("optimized_metric") or "result"), self._mode(config), quiet=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Write and print the summary; exit 1 when a job did not complete, or when the summary cannot be made
+        (Hydra would turn the error into a warning, and the sweep would exit 0)."""
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        jobs = write_summary(sweep_dir, str(config.get("optimized_metric") or "result"), self._mode(config))
+        try:
+            jobs = write_summary(sweep_dir, str(config.get("optimized_metric") or "result"), self._mode(config))
+        except Exception as err:  # whatever it is, the sweep must not end as if it succeeded
+            log.error("The sweep summary of %s could not be made: %s: %s", sweep_dir, type(err).__name__, err)
+            raise SystemExit(1) from err
         failed = [job for job in jobs if job.status != "completed"]
         if failed:
             names = ", ".join(f"{job.job} ({job.status})" for job in failed)
