@@ -334,6 +334,27 @@ def test_a_download_is_md5_checked_extracted_and_read(archive_server, tmp_path) 
     assert len(dm.test_set) == FAKE_CLASSES * FAKE_TEST_PER_CLASS and ArchiveServer.requests > 0
 
 
+def test_a_whole_download_that_could_not_be_extracted_is_kept_for_the_next_run(
+    archive_server, tmp_path, monkeypatch
+) -> None:
+    """The download arrived whole, then extracting it failed (a full disk): the archive is kept where the next run
+    extracts it, not set aside as corrupt and downloaded again."""
+    ArchiveServer.body = archive_server
+    data_dir = tmp_path / "fresh"
+
+    def disk_full(*args, **kwargs) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("torchvision.datasets.utils.extract_archive", disk_full)
+        with pytest.raises(DatasetNotFoundError, match="No space left on device"):
+            datamodule(data_dir, download=True)
+    assert (data_dir / CIFAR100.filename).read_bytes() == archive_server
+    requests = ArchiveServer.requests
+    assert len(datamodule(data_dir, download=True).test_set) == FAKE_CLASSES * FAKE_TEST_PER_CLASS
+    assert ArchiveServer.requests == requests  # extracted from the kept archive, not downloaded again
+
+
 @pytest.mark.parametrize(
     ("body", "what"),
     [

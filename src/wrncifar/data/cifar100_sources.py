@@ -192,7 +192,10 @@ def _download(data_dir: Path, release: CIFARRelease) -> None:
         try:
             release.torchvision_class(str(scratch), train=True, download=True)
         except (urllib.error.URLError, OSError, http.client.HTTPException):
-            _set_aside(downloaded, data_dir)  # a partial download
+            if check_integrity(str(downloaded), release.tgz_md5):  # whole; extracting it failed (a full disk?)
+                os.rename(downloaded, official_archive(data_dir, release))  # the next run extracts it
+            else:
+                _set_aside(downloaded, data_dir)  # a partial download
             raise
         except RuntimeError as err:  # torchvision's "File not found or corrupted.": the md5 of the download differs
             raise CorruptDatasetError(_corrupt_download_message(downloaded, data_dir, release)) from err
