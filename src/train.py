@@ -14,7 +14,7 @@ os.environ.update(project_environment(__file__))
 import hydra
 from omegaconf import DictConfig
 
-from wrncifar.callbacks.early_signals import record_early_signals
+from wrncifar.callbacks.early_signals import SweepStopped, record_early_signals
 from wrncifar.callbacks.start_up import begin_job, imported_early, phase_done
 from wrncifar.run.command_line import hydra_arguments
 
@@ -37,4 +37,8 @@ if __name__ == "__main__":
     sys.argv[1:] = hydra_arguments(sys.argv[1:], resumable=True)
     if "torch" in sys.modules:  # resume= read the run's checkpoints: the start-up line credits the import to it
         imported_early()
-    main()
+    try:
+        main()
+    except SweepStopped as stop:  # SIGTERM to a sweep's own process (hydra/launcher=local|slurm): no traceback
+        print(stop, file=sys.stderr)
+        sys.exit(128 + stop.signum)  # as a process ended by the signal

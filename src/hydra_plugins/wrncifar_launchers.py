@@ -1,6 +1,7 @@
 """The project's submitit launchers, `hydra/launcher=local|slurm|slurm_cpu` (configs/hydra/launcher/): those of
 hydra-submitit-launcher, with the launch of `wrncifar.sweeps.submitit_jobs` (a job without a result does not abort
-the sweep; a request SLURM refuses gets one clear message), and stop signals recorded from the start of each job
+the sweep; a request SLURM refuses gets one clear message; the jobs still out when the sweep stops are cancelled),
+stop signals recorded from the start of each job, and SIGTERM to the sweep's own process stopping it as Ctrl-C does
 (`wrncifar.callbacks.early_signals`).
 
 They live here because Hydra instantiates launchers only from its `hydra_plugins` package. Hydra imports this
@@ -17,6 +18,12 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 
 
 class _ProjectLauncher(submitit_launcher.BaseSubmititLauncher):
+    def setup(self, **kwargs: Any) -> None:  # runs in the sweep's own process only: the jobs get the set-up launcher
+        from wrncifar.callbacks.early_signals import stop_sweep_on_sigterm
+
+        super().setup(**kwargs)
+        stop_sweep_on_sigterm()
+
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:  # runs in the job's own process
         from wrncifar.callbacks.early_signals import record_early_signals
 
