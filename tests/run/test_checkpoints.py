@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning
 import pytest
 import torch
 
@@ -262,7 +263,7 @@ def test_a_checkpoint_whose_weights_are_not_tensors_names_them(tmp_path) -> None
 
 
 def seed_layouts(net: torch.nn.Module) -> dict[str, object]:
-    """The ways plain PyTorch code saves a network's weights."""
+    """The ways plain PyTorch code (and this project) saves a network's weights."""
     weights = net.state_dict()
     return {
         "torch.save(net.state_dict())": weights,
@@ -270,6 +271,11 @@ def seed_layouts(net: torch.nn.Module) -> dict[str, object]:
         "nn.DataParallel": {f"module.{k}": v for k, v in weights.items()},
         "torch.compile": {f"_orig_mod.{k}": v for k, v in weights.items()},
         "a Lightning checkpoint": {"state_dict": {f"net.{k}": v for k, v in weights.items()}},
+        # This project's: the LightningModule's whole state_dict, its persistent metric (val_acc_best) included.
+        "a checkpoint of this project": {
+            "pytorch-lightning_version": lightning.__version__,
+            "state_dict": ImageClassifier(net, num_classes=100).state_dict(),
+        },
     }
 
 

@@ -291,6 +291,9 @@ def network_weights(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
         )
     if not isinstance(weights, dict) or not _all_tensors(weights):
         raise CheckpointError(f"checkpoint {path} holds no network weights (a dict of tensors) that could be read")
+    if is_lightning_checkpoint(checkpoint) and any(k.startswith("net.") for k in weights):
+        # This project's LightningModule: the network's weights beside the module's own states (val_acc_best).
+        weights = {k: v for k, v in weights.items() if k.startswith("net.")}
     for prefix in ("net.", "module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in weights):
             weights = {k[len(prefix) :]: v for k, v in weights.items()}
