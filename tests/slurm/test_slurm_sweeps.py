@@ -39,7 +39,7 @@ def test_a_two_job_sweep_runs_as_slurm_jobs_on_cpu_nodes_and_is_summarised(slurm
     (script,) = (tmp_path / ".submitit").glob("*/*_submission.sh")
     text = script.read_text()
     assert "#SBATCH --array=0-1" in text and "#SBATCH --cpus-per-task=1" in text and "gpu" not in text.lower()
-    assert "#SBATCH --signal=USR1@120" in text
+    assert "#SBATCH --signal=USR1@120" in text and "#SBATCH --requeue" in text
     logs = sorted((tmp_path / ".submitit").glob("*/*_log.out"))
     assert len(logs) == 2 and all("Outputs:" in log.read_text() for log in logs)
 

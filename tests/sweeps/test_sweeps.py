@@ -181,6 +181,7 @@ def test_slurm_launcher_runs_one_task_per_gpu_and_asks_for_the_requeue_signal(ma
     assert launcher.tasks_per_node == 4  # Lightning's SLURM environment wants one task per device
     # SIGUSR1 before the time limit: the run saves last.ckpt and requeues; submitit's resubmission stays off.
     assert launcher.additional_parameters.signal == f"USR1@{launcher.signal_delay_s}" == "USR1@120"
+    assert launcher.additional_parameters.requeue is True  # sbatch --requeue: not left to the cluster's default
     assert launcher.max_num_timeout == 0
 
 
