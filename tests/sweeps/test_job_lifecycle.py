@@ -183,3 +183,33 @@ def test_a_time_limit_slurm_refuses_is_named_as_such(monkeypatch: pytest.MonkeyP
     assert "(sbatch: error: Batch job submission failed: Requested time limit is invalid" in message
     assert "a time limit of 4320 minute(s); partition cpu allows 1-00:00:00" in message
     assert "Lower hydra.launcher.timeout_min" in message and "slurm_cpu" not in message and "GPU" not in message
+
+
+class SlurmJobStates:
+    """A SLURM job as submitit's Job shows it: `done()` as submitit (1.5) decides it (any state but READY,
+    PENDING, RUNNING, UNKNOWN, REQUEUED, COMPLETING, PREEMPTED is done), `state` SLURM's, one per look."""
+
+    def __init__(self, states: list[str], folder: Path) -> None:
+        self.states = states
+        self.looks = 0
+        self.paths = SimpleNamespace(result_pickle=folder / "result.pkl")
+
+    @property
+    def state(self) -> str:
+        return self.states[min(self.looks, len(self.states) - 1)]
+
+    def done(self, force_check: bool = False) -> bool:
+        self.looks += 1
+        incomplete = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "PREEMPTED"}
+        return self.state.split()[0] not in incomplete
+
+
+def test_a_job_suspended_or_held_for_a_requeue_is_waited_for_not_taken_as_ended(tmp_path: Path) -> None:
+    """submitit counts SUSPENDED, REQUEUE_HOLD, CONFIGURING… as done: such a job would be listed as without a
+    result (its trial told FAIL) while it still runs."""
+    job = SlurmJobStates(["RUNNING", "SUSPENDED", "REQUEUE_HOLD", "CONFIGURING", "RUNNING", "COMPLETED"], tmp_path)
+    submitit_jobs.wait_for(job, state_check_s=0, poll_s=0)
+    assert job.state == "COMPLETED"
+    cancelled = SlurmJobStates(["RUNNING", "CANCELLED by 1234"], tmp_path)
+    submitit_jobs.wait_for(cancelled, state_check_s=0, poll_s=0)
+    assert cancelled.state == "CANCELLED by 1234"

@@ -265,18 +265,37 @@ def _last_trace_line(failed_job_error: str) -> str:
     return lines[-1] if lines else failed_job_error
 
 
-def wait_for(job: Any, state_check_s: float = 15) -> None:
+# SLURM states of a job that is not over, which submitit (1.5) counts as finished ("done"): a job suspended by a
+# preemption, held for a requeue, or waiting for its nodes to boot would be listed as without a result (and its
+# Optuna trial told FAIL) while it still runs.
+STILL_OUT = frozenset(
+    {"CONFIGURING", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "SUSPENDED"}
+)
+
+
+def wait_for(job: Any, state_check_s: float = 15, poll_s: float = 1) -> None:
     """Wait until `job` has ended. submitit looks for the result file every second but asks SLURM for the job's
     state ever more rarely (at most every 10 minutes, and half the job's age), so a job that ends without a result
     would go unnoticed for that long: here SLURM is asked at least every `state_check_s` seconds (one `sacct` call
-    for all the sweep's jobs)."""
+    for all the sweep's jobs). A job in a state of STILL_OUT is waited for, whatever submitit says."""
     checked = time.monotonic()
-    while not job.done():
+    while not ended(job):
         if time.monotonic() - checked > state_check_s:
             checked = time.monotonic()
-            if job.done(force_check=True):
+            if ended(job, force_check=True):
                 return
-        time.sleep(1)
+        time.sleep(poll_s)
+
+
+def ended(job: Any, force_check: bool = False) -> bool:
+    """Whether `job` is over: its result is there, or submitit says it is done and SLURM's state is not one of
+    STILL_OUT (`CANCELLED by 1234`: the first word)."""
+    if not job.done(force_check=force_check):
+        return False
+    if job.paths.result_pickle.exists():
+        return True
+    state = str(job.state).split()
+    return not state or state[0].upper() not in STILL_OUT
 
 
 def _job_name(job: Any) -> str:
