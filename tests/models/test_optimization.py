@@ -199,3 +199,67 @@ def test_a_resumed_schedule_takes_the_base_lr_of_the_current_config() -> None:
     lower.load_state_dict(optimizer.state_dict())
     resumed.load_state_dict(scheduler.state_dict())
     assert lower.param_groups[0]["lr"] == resumed.get_last_lr()[0] == pytest.approx(0.05)
+
+
+def resumed_after(
+    settings: ScheduleSettings, steps: int, before: tuple[float, float], after: tuple[float, float], max_steps: int
+):
+    """A schedule stepped `steps` times with (epoch limit in steps, steps per epoch) `before`, saved, and loaded
+    into one built with `after`, both with `max_steps`: the optimizer and the resumed schedule."""
+    optimizer = build_optimizer(tiny_net(), OptimizerSettings(lr=0.1))
+    scheduler = build_scheduler(optimizer, settings, *before, max_steps=max_steps)
+    stepped(scheduler, optimizer, steps)
+    resumed_optimizer = build_optimizer(tiny_net(), OptimizerSettings(lr=0.1))
+    resumed = build_scheduler(resumed_optimizer, settings, *after, max_steps=max_steps)
+    resumed.load_state_dict(saved_and_loaded(scheduler.state_dict()))
+    return resumed_optimizer, resumed
+
+
+@pytest.mark.parametrize("steps_per_epoch", [5, 20])
+def test_a_run_ended_by_max_steps_and_resumed_with_other_steps_per_epoch_reaches_its_floor_at_max_steps(
+    steps_per_epoch: int, caplog
+) -> None:
+    """50 of trainer.max_steps=100 at 10 steps per epoch (epoch 5), then 50 more at another size: the schedule
+    ends with them, at epoch 5 + 50 / steps_per_epoch, not at 100 / steps_per_epoch."""
+    settings = ScheduleSettings(name="cosine")
+    with caplog.at_level("WARNING"):
+        optimizer, resumed = resumed_after(settings, 50, (200 * 10, 10), (200 * steps_per_epoch, steps_per_epoch), 100)
+    assert resumed.total_epochs == pytest.approx(5 + 50 / steps_per_epoch)
+    lrs = stepped(resumed, optimizer, 50)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and min(lrs[:-1]) > 0
+    assert all(a > b for a, b in itertools.pairwise([0.05, *lrs]))
+    assert f"where trainer.max_steps=100 ends the run, 50 steps after step 50 at {steps_per_epoch} steps" in caplog.text
+
+
+def test_a_run_ended_by_max_steps_and_resumed_at_the_same_size_keeps_its_curve(caplog) -> None:
+    settings = ScheduleSettings(name="onecycle", warmup_epochs=1)
+    with caplog.at_level("WARNING"):
+        optimizer, resumed = resumed_after(settings, 50, (200 * 10, 10), (200 * 10, 10), 100)
+    assert resumed.anchor is None and not caplog.text
+    lrs = stepped(resumed, optimizer, 50)
+    assert lrs == pytest.approx([0.1 * lr_factor(s, settings, 100, 10) for s in range(51, 101)])
+
+
+def test_a_run_resumed_so_that_its_epoch_limit_comes_before_max_steps_ends_there(caplog) -> None:
+    """trainer.max_epochs=12 and max_steps=100: at 10 steps per epoch the steps end it at epoch 10; resumed at epoch
+    5 with 5 steps per epoch, epoch 12 comes 35 steps later, before step 100."""
+    settings = ScheduleSettings(name="cosine")
+    with caplog.at_level("WARNING"):
+        optimizer, resumed = resumed_after(settings, 50, (12 * 10, 10), (12 * 5, 5), 100)
+    assert resumed.total_epochs == pytest.approx(12)
+    assert stepped(resumed, optimizer, 35)[-1] == pytest.approx(0.0, abs=1e-12)
+    assert "now ends at epoch 12 instead of 10 (trainer.max_epochs)" in caplog.text
+
+
+def test_a_schedule_that_needs_no_end_runs_without_one() -> None:
+    for name in ("constant", "multistep"):
+        optimizer = build_optimizer(tiny_net(), OptimizerSettings(lr=0.1))
+        scheduler = build_scheduler(optimizer, ScheduleSettings(name=name, milestones=(1,)), math.inf, 10)
+        lrs = stepped(scheduler, optimizer, 12)
+        resumed = build_scheduler(
+            build_optimizer(tiny_net(), OptimizerSettings(lr=0.1)), scheduler.settings, math.inf, 10
+        )
+        resumed.load_state_dict(saved_and_loaded(scheduler.state_dict()))
+        assert resumed.get_last_lr() == pytest.approx([lrs[-1]]) and resumed.anchor is None
+    with pytest.raises(ValueError, match=r"set trainer\.max_epochs or trainer\.max_steps"):
+        build_scheduler(build_optimizer(tiny_net(), OptimizerSettings()), ScheduleSettings(name="cosine"), math.inf, 10)

@@ -277,16 +277,22 @@ class ImageClassifier(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self, self.optimizer_settings)
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        self.trainer.fit_loop.setup_data()  # as `estimated_stepping_batches` does, unless max_steps alone decides
-        batches = self.trainer.num_training_batches
+        trainer = self.trainer
+        # Lightning's limits: -1 (max_epochs also None) for none. With neither, only time (or a callback) ends the
+        # run: `estimated_stepping_batches` is then infinite, and the schedule must need no end.
+        epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+        max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
+        trainer.fit_loop.setup_data()  # as `estimated_stepping_batches` does
+        batches = trainer.num_training_batches
         if math.isfinite(batches) and batches > 0:
             # The loader's epoch, not `total_steps / max_epochs`: `trainer.max_steps` may end the run sooner.
-            steps_per_epoch = float(math.ceil(batches / self.trainer.accumulate_grad_batches))
+            steps_per_epoch = float(math.ceil(batches / trainer.accumulate_grad_batches))
         else:  # a loader without a length: the run's epochs are its measure
-            epochs = self.trainer.max_epochs
-            steps_per_epoch = total_steps / epochs if epochs and epochs > 0 else float(total_steps)
-        scheduler = build_scheduler(optimizer, self.schedule_settings, total_steps, steps_per_epoch)
+            total = trainer.estimated_stepping_batches
+            steps_per_epoch = total / epochs if epochs and epochs > 0 else float(total)
+        # The epoch limit in steps (at least one epoch, as Lightning estimates); max_steps counts resumed steps too.
+        epoch_limit = steps_per_epoch * max(epochs, 1) if epochs is not None else math.inf
+        scheduler = build_scheduler(optimizer, self.schedule_settings, epoch_limit, steps_per_epoch, max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -41,6 +41,8 @@ class OptimizerSettings:
 
 Schedule = Literal["cosine", "multistep", "constant", "onecycle"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
+# Those that reach their floor when training ends: they need an end in epochs or steps (a time limit gives none).
+SCHEDULES_NEEDING_AN_END: tuple[str, ...] = ("cosine", "onecycle")
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,9 @@ def build_optimizer(model: nn.Module, settings: OptimizerSettings) -> torch.opti
     return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, nesterov=settings.nesterov)
 
 
-def lr_factor(step: int, settings: ScheduleSettings, total_steps: int, steps_per_epoch: float) -> float:
-    """The multiplier of the base learning rate after `step` optimizer steps."""
+def lr_factor(step: int, settings: ScheduleSettings, total_steps: float, steps_per_epoch: float) -> float:
+    """The multiplier of the base learning rate after `step` optimizer steps (`total_steps`: math.inf for no end,
+    which only the schedules outside `SCHEDULES_NEEDING_AN_END` take)."""
     warmup_steps = round(settings.warmup_epochs * steps_per_epoch)
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -117,18 +120,39 @@ class EpochSchedule(LRScheduler):
     gives the length (`total_steps`) and the base lr: only the position is saved (`state_dict` holds numbers
     only).
 
-    Resumed with another length (`trainer.max_epochs`), a schedule whose curve depends on the length (`cosine`,
-    `onecycle`) continues from the lr it had reached and decays to its floor over the remaining epochs, with its
-    own shape (the `anchor`): the lr never jumps back up. `multistep` and `constant` do not depend on the length.
+    The schedule ends where training does: at epoch `total_steps / steps_per_epoch` (the epoch limit), or after
+    `max_steps` optimizer steps in all (`trainer.max_steps`), whichever comes first. Steps taken before a resume
+    count at the size they had: resumed with other steps per epoch, a run limited by `max_steps` ends
+    `(max_steps - steps taken) / steps_per_epoch` epochs after the epoch it had reached, and the schedule with it.
+
+    Resumed with another end (`trainer.max_epochs`, or `trainer.max_steps` reached at another number of steps per
+    epoch), a schedule whose curve depends on the length (`cosine`, `onecycle`) continues from the lr it had
+    reached and decays to its floor at the new end, with its own shape (the `anchor`): the lr never jumps back up.
+    `multistep` and `constant` do not depend on the length, and need no end (`total_steps=math.inf`,
+    `max_steps=None`: a run limited by time alone).
     """
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, settings: ScheduleSettings, total_steps: int, steps_per_epoch: float
+        self,
+        optimizer: torch.optim.Optimizer,
+        settings: ScheduleSettings,
+        total_steps: float,
+        steps_per_epoch: float,
+        max_steps: int | None = None,
     ) -> None:
         self.settings = settings
-        self.total_steps = total_steps
+        self.epoch_limit = total_steps / steps_per_epoch
+        self.max_steps = max_steps
         self.steps_per_epoch = steps_per_epoch
         self.epochs_done = 0.0
+        self.total_epochs = self._end(steps_done=0)
+        if not math.isfinite(self.total_epochs) and settings.name in SCHEDULES_NEEDING_AN_END:
+            raise ValueError(
+                f"the {settings.name} schedule decays to its floor when training ends, but no epoch or step limit "
+                "ends this run (trainer.max_epochs=-1 and trainer.max_steps=-1; trainer.max_time gives no end a "
+                "schedule can foresee): set trainer.max_epochs or trainer.max_steps, or use a schedule that needs "
+                "no end (model.scheduler.name=constant or multistep)"
+            )
         # (epoch, lr factor) from which a lengthened schedule decays to its floor; None: the plain curve.
         self.anchor: tuple[float, float] | None = None
         super().__init__(optimizer)
@@ -141,9 +165,11 @@ class EpochSchedule(LRScheduler):
     def get_lr(self) -> list[float]:
         return self._lrs()
 
-    @property
-    def total_epochs(self) -> float:
-        return self.total_steps / self.steps_per_epoch
+    def _end(self, steps_done: int) -> float:
+        """The epoch at which training ends, `steps_done` optimizer steps in (at `epochs_done`); math.inf: none."""
+        if self.max_steps is None:
+            return self.epoch_limit
+        return min(self.epoch_limit, self.epochs_done + (self.max_steps - steps_done) / self.steps_per_epoch)
 
     def _lrs(self) -> list[float]:
         factor = self._factor(self.total_epochs, self.anchor)
@@ -158,7 +184,9 @@ class EpochSchedule(LRScheduler):
             floor = self.settings.min_lr_ratio
             return floor + (start_factor - floor) * shape
         step = round(self.epochs_done * self.steps_per_epoch)  # in steps of the current config
-        return lr_factor(step, self.settings, round(total_epochs * self.steps_per_epoch), self.steps_per_epoch)
+        total_steps = total_epochs * self.steps_per_epoch
+        total_steps = round(total_steps) if math.isfinite(total_steps) else total_steps
+        return lr_factor(step, self.settings, total_steps, self.steps_per_epoch)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -177,6 +205,7 @@ class EpochSchedule(LRScheduler):
         self.epochs_done = float(state_dict.get("epochs_done", self.last_epoch / self.steps_per_epoch))
         saved_anchor = state_dict.get("anchor")
         self.anchor = (float(saved_anchor[0]), float(saved_anchor[1])) if saved_anchor else None
+        self.total_epochs = self._end(steps_done=self.last_epoch)  # last_epoch: the optimizer steps taken
         saved_total = state_dict.get("total_epochs")
         lengthened = saved_total is not None and not math.isclose(float(saved_total), self.total_epochs)
         if (
@@ -186,12 +215,17 @@ class EpochSchedule(LRScheduler):
         ):
             reached = self._factor(float(saved_total), self.anchor)
             self.anchor = (self.epochs_done, reached)
+            by_steps = self.max_steps is not None and self.total_epochs < self.epoch_limit
             log.warning(
-                "The %s schedule now ends at epoch %g instead of %g: from epoch %.4g it decays from the lr factor it "
-                "had reached, %.4g, to its floor, %g%s",
+                "The %s schedule now ends at epoch %g instead of %g (%s): from epoch %.4g it decays from the lr factor "
+                "it had reached, %.4g, to its floor, %g%s",
                 self.settings.name,
                 self.total_epochs,
                 float(saved_total),
+                f"where trainer.max_steps={self.max_steps} ends the run, {self.max_steps - self.last_epoch} steps "
+                f"after step {self.last_epoch} at {self.steps_per_epoch:g} steps per epoch"
+                if by_steps
+                else "trainer.max_epochs",
                 self.epochs_done,
                 reached,
                 self.settings.min_lr_ratio,
@@ -206,7 +240,12 @@ class EpochSchedule(LRScheduler):
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, settings: ScheduleSettings, total_steps: int, steps_per_epoch: float
+    optimizer: torch.optim.Optimizer,
+    settings: ScheduleSettings,
+    total_steps: float,
+    steps_per_epoch: float,
+    max_steps: int | None = None,
 ) -> EpochSchedule:
-    """The per-step schedule `settings` asks for, over `total_steps` steps of `steps_per_epoch` each."""
-    return EpochSchedule(optimizer, settings, total_steps, steps_per_epoch)
+    """The per-step schedule `settings` asks for, over `total_steps` steps of `steps_per_epoch` each (the epoch
+    limit; math.inf: none) or `max_steps` optimizer steps in all, resumed ones included, if that comes first."""
+    return EpochSchedule(optimizer, settings, total_steps, steps_per_epoch, max_steps)

@@ -23,6 +23,8 @@ import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from wrncifar.models.optimization import SCHEDULES_NEEDING_AN_END
+
 if TYPE_CHECKING:
     from lightning.pytorch import LightningDataModule, LightningModule
 
@@ -62,6 +64,7 @@ def validate_config(cfg: DictConfig, entry_settings: Mapping[str, type] | None =
     _check_fields({k: v for k, v in container.items() if k in top_level}, top_level, True, "", "", problems)
     _walk(container, "", problems)
     problems += _training_length_problems(container.get("trainer") or {})
+    problems += _schedule_end_problems(container.get("trainer") or {}, container.get("model") or {})
     problems += _accelerator_problems(container.get("trainer") or {})
     problems += _seed_problems(container, "")
     timeout = container.get("distributed_start_timeout_s")
@@ -91,6 +94,25 @@ def _training_length_problems(trainer: Mapping[str, Any]) -> list[str]:
     if isinstance(limit, int | float) and not isinstance(limit, bool) and limit == 0:
         problems.append("trainer.limit_train_batches: 0 trains nothing; give a count, a share in (0, 1], or null")
     return problems
+
+
+def _schedule_end_problems(trainer: Mapping[str, Any], model: Mapping[str, Any]) -> list[str]:
+    """A schedule that reaches its floor when training ends (cosine, onecycle) in a run that no epoch or step limit
+    ends (time alone: trainer.max_time): said before anything is built. Lightning takes max_epochs=null for 1000
+    epochs unless max_time is set."""
+    scheduler = model.get("scheduler") if isinstance(model, Mapping) else None
+    name = scheduler.get("name") if isinstance(scheduler, Mapping) else None
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    no_epoch_limit = epochs == -1 or (epochs is None and trainer.get("max_time") is not None)
+    if name not in SCHEDULES_NEEDING_AN_END or not no_epoch_limit or steps not in (None, -1):
+        return []
+    as_set = "null" if epochs is None else epochs
+    return [
+        f"model.scheduler.name: {name} decays to its floor when training ends, but trainer.max_epochs={as_set} and "
+        f"trainer.max_steps={steps} set no end (trainer.max_time stops a run at a step no schedule can foresee): set "
+        "trainer.max_epochs or trainer.max_steps, or use a schedule that needs no end (model.scheduler.name=constant "
+        "or multistep)"
+    ]
 
 
 MAX_SEED = 2**32 - 1  # numpy's generators and Lightning's seed_everything take seeds in 0 … 2**32 - 1
