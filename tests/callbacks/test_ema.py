@@ -140,6 +140,18 @@ def test_testing_the_best_checkpoint_right_after_fit_evaluates_the_average(tmp_p
     assert any(not torch.allclose(tested[k], raw[k]) for k in raw)
 
 
+def test_checkpoint_keeps_the_modules_own_best_validation_accuracy(tmp_path: Path) -> None:
+    """Only the network is averaged: `val_acc_best` in the checkpoint's `state_dict` (what eval.py and a resume
+    without the callback read) is the one the run reached, not the -inf frozen in the average's copy."""
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    _, module = fit([ExponentialMovingAverage(decay=DECAY), checkpoint])
+    saved = torch.load(checkpoint.last_model_path, weights_only=True, map_location="cpu")
+    best = saved["state_dict"]["val_acc_best.max_value"]
+    assert torch.isfinite(best) and best == module.val_acc_best.compute()
+    assert best == saved["current_model_state"]["val_acc_best.max_value"]
+    assert saved["state_dict"].keys() == saved["current_model_state"].keys()
+
+
 def test_the_average_is_made_on_the_device_the_model_will_train_on() -> None:
     """Callbacks are set up before the strategy moves the model: the average goes to the strategy's device (on a
     GPU, not the CPU the model was built on), unless the callback was given one."""

@@ -83,13 +83,30 @@ def test_dropout_is_configurable_and_the_seed_value_is_the_default() -> None:
         ({"num_classes": 0}, "num_classes must be a positive integer"),
         ({"in_channels": -3}, "in_channels must be a positive integer"),
         ({"blocks_per_stage": 0}, "blocks_per_stage must be a positive integer"),
-        ({"dropout": 1.0}, "dropout must be in"),
+        ({"widths": None}, r"widths must list 4 channel counts .*, e\.g\. \[16, 160, 320, 640\]; got None"),
+        ({"widths": 640}, "widths must list 4 channel counts"),
+        ({"widths": [16, 160, None, 640]}, "widths must all be positive"),
+        ({"num_classes": None}, "num_classes must be a positive integer, got None"),
+        ({"blocks_per_stage": 2.0}, "blocks_per_stage must be a positive integer"),
+        ({"dropout": 1.0}, r"dropout must be a number in \[0, 1\) \(0 disables it\), got 1\.0"),
+        ({"dropout": -0.1}, r"dropout must be a number in \[0, 1\)"),
+        ({"dropout": None}, r"dropout must be a number in \[0, 1\) \(0 disables it\), got None"),
+        ({"dropout": "0.1"}, r"dropout must be a number in \[0, 1\) \(0 disables it\), got '0\.1'"),
+        ({"dropout": True}, r"dropout must be a number in \[0, 1\)"),
+        ({"dropout": float("nan")}, r"dropout must be a number in \[0, 1\)"),
+        ({"pooling": None}, "pooling must be 'adaptive' or 'seed', got None"),
+        ({"init": None}, "init must be 'pytorch' or 'wrn', got None"),
         ({"pooling": "max"}, "pooling must be 'adaptive' or 'seed'"),
     ],
 )
 def test_invalid_settings_fail_at_construction(kwargs: dict, message: str) -> None:
+    """One ValueError naming the setting, also for a null from the config (`model.net.dropout=null`)."""
     with pytest.raises(ValueError, match=message):
         WideResNet(**kwargs)
+
+
+def test_dropout_zero_disables_it_and_an_integer_zero_is_accepted() -> None:
+    assert WideResNet(widths=TINY, dropout=0).block1.dropout.p == 0
 
 
 def test_preact_variant_has_the_seed_widths_and_about_its_parameter_count() -> None:

@@ -120,6 +120,19 @@ def test_bf16_is_chosen_where_the_gpu_computes_in_it_not_where_torch_emulates_it
         (["trainer.max_steps=1000"], False),  # 128,000 images: under 3 epochs
         (["trainer.max_steps=50000"], True),
         (["trainer.max_epochs=-1", "trainer.max_steps=1000"], False),
+        # limit_train_batches shortens every epoch: a count of batches (of 128 images) or a share of the epoch.
+        (["trainer.limit_train_batches=5"], False),  # 200 × 640 images: under 3 epochs' worth
+        (["debug=limit", "trainer.max_epochs=200"], False),
+        (["trainer.limit_train_batches=0.25"], False),  # 50 epochs' worth
+        (["trainer.limit_train_batches=0.5", "trainer.max_epochs=400"], True),
+        (["trainer.limit_train_batches=1.0"], True),  # the whole epoch
+        (["trainer.limit_train_batches=1000"], True),  # more batches than an epoch has: the whole epoch
+        (["trainer.limit_train_batches=5", "trainer.max_epochs=-1"], True),  # no end but the batches
+        # fast_dev_run: true or a count of batches, whatever the epochs say.
+        (["debug=fdr"], False),
+        (["+trainer.fast_dev_run=3"], False),
+        (["+trainer.fast_dev_run=false"], True),
+        (["+trainer.fast_dev_run=0"], True),
     ],
 )
 def test_compiling_waits_for_a_run_long_enough_to_repay_it_whichever_limit_stops_it(
@@ -128,6 +141,37 @@ def test_compiling_waits_for_a_run_long_enough_to_repay_it_whichever_limit_stops
     cfg = make_config(["experiment=wrn_cifar100", *limit], speed=False)
     resolve_speed(cfg, H100)
     assert (cfg.model.compile, cfg.data.drop_last) == (compiles, compiles)
+
+
+@pytest.mark.parametrize(
+    ("limit", "why"),
+    [
+        (["debug=fdr"], "trainer.fast_dev_run=true"),
+        (["+trainer.fast_dev_run=2"], "trainer.fast_dev_run=2"),
+        (["trainer.limit_train_batches=5"], "trainer.max_epochs=200 trainer.limit_train_batches=5"),
+        (["trainer.limit_train_batches=0.1"], "trainer.max_epochs=200 trainer.limit_train_batches=0.1"),
+        ([f"trainer.max_epochs={COMPILE_FROM_EPOCHS - 1}"], f"trainer.max_epochs={COMPILE_FROM_EPOCHS - 1}"),
+        (["trainer.max_steps=1000"], "trainer.max_steps=1000"),
+        (["trainer.max_time=00:00:05:00"], "trainer.max_time=00:00:05:00"),
+    ],
+)
+def test_the_start_up_line_names_the_setting_that_makes_a_gpu_run_too_short_to_compile(
+    make_config, caplog, limit, why
+) -> None:
+    cfg = make_config(["experiment=wrn_cifar100", *limit], speed=False)
+    with caplog.at_level(logging.INFO, logger="wrncifar.run.speed"):
+        fallbacks = resolve_speed(cfg, H100)
+    assert fallbacks == [f"{why} trains too little to repay compiling: eager"]
+    (line,) = caplog.messages
+    assert ", eager, " in line and line.endswith(f"; {fallbacks[0]}")
+
+
+def test_a_short_run_on_the_cpu_or_an_evaluation_has_no_compile_reason_to_give(make_config) -> None:
+    """Neither would compile whatever the run's length: the start-up line says eager, with no reason."""
+    cfg = make_config(["experiment=wrn_cifar100", "debug=fdr"], speed=False)
+    assert resolve_speed(cfg) == []
+    cfg = make_config(["experiment=wrn_cifar100", "debug=fdr"], speed=False)
+    assert resolve_speed(cfg, H100, training=False) == [] and cfg.model.compile is False
 
 
 def test_deterministic_runs_keep_cudnn_from_autotuning(make_config) -> None:

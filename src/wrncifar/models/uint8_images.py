@@ -14,8 +14,10 @@ from torch import nn
 
 class Uint8ImageClassifier(nn.Module):
     """`net` applied to uint8 images N×C×H×W (0–255, NCHW as torchvision's tensors), normalised first as the data
-    module's eval transform does: scaled to 0–1, then `(x - mean) / std` per channel, in that order and in float32,
-    so the logits are those of the evaluation pipeline to the last bit.
+    module's eval transform does: scaled to 0–1, then `(x - mean) / std` per channel, in that order and in float32.
+    The logits are those of the CPU loaders' evaluation pipeline (`data.on_device=false`) to the last bit; the
+    on-device batches (`data.on_device=true`, the default for `data.policy=none`) normalise as one multiply-add,
+    `x · scale + shift`, which agrees up to float rounding (inputs within ~1e-6).
 
     With `normalize=False` it takes float images already normalised and is `net` itself, under the same input name.
     """

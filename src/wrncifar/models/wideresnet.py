@@ -12,7 +12,8 @@ pre-activation block of the WRN paper (BN → ReLU → conv, twice; nothing afte
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
@@ -96,6 +97,11 @@ class _StagedNetwork(nn.Module):
         init: Init = "pytorch",
     ) -> None:
         super().__init__()
+        if isinstance(widths, str) or not isinstance(widths, Iterable):
+            raise ValueError(
+                f"widths must list {len(SEED_WIDTHS)} channel counts (stem, stage 1, stage 2, stage 3), "
+                f"e.g. {list(SEED_WIDTHS)}; got {widths!r}"
+            )
         widths = tuple(widths)
         _check_arguments(num_classes, in_channels, widths, blocks_per_stage, dropout, pooling)
         if init not in ("pytorch", "wrn"):
@@ -256,8 +262,9 @@ def _check_arguments(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not all(_is_positive_int(w) for w in widths):
         raise ValueError(f"widths must all be positive integers, got {list(widths)}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    # Type first: `model.net.dropout=null` reaches here as None, which `<=` would reject with a TypeError.
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a number in [0, 1) (0 disables it), got {dropout!r}")
     if pooling not in ("adaptive", "seed"):
         raise ValueError(f"pooling must be 'adaptive' or 'seed', got {pooling!r}")
 

@@ -15,8 +15,10 @@ always wins, and the start-up line says how to turn each choice off.
                                                                      mid-epoch resume: docs/benchmarks.md)
     model.channels_last   true                                       false
     model.compile         true for runs long enough to repay the     false
-                          compilation (`long_enough_to_compile`),
-                          where Triton is available
+                          compilation (`too_short_to_compile`:
+                          the limits, fast_dev_run and
+                          limit_train_batches counted), where
+                          Triton is available
     data.drop_last        true when compiling (one batch shape)      false
 
 An Apple GPU (`trainer=mps`) is treated as the CPU column, with its own name in the start-up line.
@@ -105,18 +107,31 @@ def _bf16_arithmetic(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
-def long_enough_to_compile(trainer: DictConfig, batch_size: Any) -> bool:
-    """Whether the training the run is limited to repays a compilation: every limit set (`max_epochs`, `max_steps`
-    at `batch_size`, `max_time`) allows at least COMPILE_FROM_EPOCHS epochs' worth of images or
-    COMPILE_FROM_SECONDS of training; training stops at the first limit reached. A value that is not a number is
-    left to the config's checks, which run next and name it."""
-    epochs, steps, seconds = trainer.get("max_epochs"), trainer.get("max_steps"), _seconds(trainer.get("max_time"))
-    if _is_int(epochs) and 0 <= epochs < COMPILE_FROM_EPOCHS:
-        return False
+def too_short_to_compile(trainer: DictConfig, batch_size: Any) -> str | None:
+    """The settings that keep the run from repaying a compilation, as `key=value`s for the start-up line; None when
+    every limit set (`max_epochs` of `limit_train_batches`' share of an epoch, `max_steps` at `batch_size`,
+    `max_time`) allows at least COMPILE_FROM_EPOCHS epochs' worth of images or COMPILE_FROM_SECONDS of training:
+    training stops at the first limit reached. `fast_dev_run` (true or a count) trains that many batches, never
+    enough. A value that is not a number is left to the config's checks, which run next and name it."""
+    quick = trainer.get("fast_dev_run")
+    if quick is True or (_is_int(quick) and quick > 0):
+        return f"trainer.fast_dev_run={str(quick).lower()}"
+    limit, share = trainer.get("limit_train_batches"), 1.0  # the share of each epoch trained
+    if _is_int(limit) and limit > 0 and _is_int(batch_size) and batch_size > 0:  # a count of batches
+        share = min(1.0, limit * batch_size / TRAIN_IMAGES_PER_EPOCH)
+    elif isinstance(limit, float) and 0 < limit < 1:  # a share of the epoch
+        share = limit
+    epochs = trainer.get("max_epochs")
+    if _is_int(epochs) and epochs >= 0 and epochs * share < COMPILE_FROM_EPOCHS:
+        return f"trainer.max_epochs={epochs}" + (f" trainer.limit_train_batches={limit}" if share < 1 else "")
+    steps = trainer.get("max_steps")
     images = steps * batch_size if _is_int(steps) and _is_int(batch_size) and steps >= 0 else None
     if images is not None and images < COMPILE_FROM_EPOCHS * TRAIN_IMAGES_PER_EPOCH:
-        return False
-    return seconds is None or seconds >= COMPILE_FROM_SECONDS
+        return f"trainer.max_steps={steps}"
+    seconds = _seconds(trainer.get("max_time"))
+    if seconds is not None and seconds < COMPILE_FROM_SECONDS:
+        return f"trainer.max_time={trainer.get('max_time')}"
+    return None
 
 
 def _is_int(value: Any) -> bool:
@@ -170,12 +185,14 @@ def resolve_speed(cfg: DictConfig, hardware: Hardware | None = None, training: b
         if model.get("channels_last") == AUTO:
             model.channels_last = hw.cuda
         if model.get("compile") == AUTO:
-            long_enough = long_enough_to_compile(trainer, data.get("batch_size"))
-            model.compile = training and hw.cuda and hw.triton and hw.dynamo and long_enough
+            short = too_short_to_compile(trainer, data.get("batch_size"))
+            model.compile = training and hw.cuda and hw.triton and hw.dynamo and short is None
             if training and hw.cuda and not hw.dynamo:
                 fallbacks.append(f"torch {torch.__version__} cannot compile on this Python: eager")
             elif training and hw.cuda and not hw.triton:
                 fallbacks.append("torch.compile needs Triton, which is not installed: eager")
+            elif training and hw.cuda and short is not None:
+                fallbacks.append(f"{short} trains too little to repay compiling: eager")
         if data.get("drop_last") == AUTO:
             data.drop_last = bool(model.get("compile"))
     described = _describe(trainer, data, model, hw)
