@@ -135,21 +135,21 @@ def test_the_search_stops_once_more_trials_failed_than_max_failure_rate_allows(
     assert rows["2"]["error"] == "FloatingPointError: the loss diverged"
 
 
+def search_command(tmp_path: Path, *overrides: str) -> tuple[str, list[str]]:
+    """The study's storage in `tmp_path`, and the arguments of a one-epoch Optuna search with `overrides`, its sweep
+    folder `tmp_path/sweep`."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    search = ["hparams_search=wrn_cifar100_optuna", *overrides, "trainer.max_epochs=1"]
+    return storage, [*search, f"hydra.sweeper.storage={storage}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+
+
 @pytest.mark.slow
 def test_max_failure_rate_0_stops_a_search_at_its_first_failed_trial(tmp_path: Path) -> None:
     """The reviewer's command: every trial would fail (DDP is refused in a multirun); the first one stops it."""
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    args = [
-        "hparams_search=wrn_cifar100_optuna",
-        *[a for a in FEW_IMAGES if a != "trainer=cpu"],
-        "trainer=ddp_cpu",
-        "trainer.max_epochs=1",
-        "callbacks=none",
-        "hydra.sweeper.n_trials=3",
-        "hydra.sweeper.max_failure_rate=0.0",
-        f"hydra.sweeper.storage={storage}",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    ]
+    training = [*(a for a in FEW_IMAGES if a != "trainer=cpu"), "trainer=ddp_cpu", "callbacks=none"]
+    storage, args = search_command(
+        tmp_path, *training, "hydra.sweeper.n_trials=3", "hydra.sweeper.max_failure_rate=0.0"
+    )
     result = run_entry("train.py", args)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
@@ -186,15 +186,7 @@ def test_a_search_the_training_cannot_serve_is_refused_before_anything_is_made(
 
 @pytest.mark.slow
 def test_a_list_of_directions_on_the_command_line_is_one_message(tmp_path: Path) -> None:
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    args = [
-        "hparams_search=wrn_cifar100_optuna",
-        *FEW_IMAGES,
-        "trainer.max_epochs=1",
-        "hydra.sweeper.direction=[maximize,minimize]",
-        f"hydra.sweeper.storage={storage}",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    ]
+    _, args = search_command(tmp_path, *FEW_IMAGES, "hydra.sweeper.direction=[maximize,minimize]")
     result = run_entry("train.py", args)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
