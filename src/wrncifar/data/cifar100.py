@@ -66,10 +66,13 @@ def require_positive_int(name: str, value: object) -> None:
         raise ValueError(f"{name} must be below {MAX_COUNT:,}, got {value:,}")
 
 
+MAX_SEED = 2**32 - 1  # numpy's generators and Lightning's seed_everything take seeds in 0 … MAX_SEED
+
+
 def require_seed(name: str, value: int) -> None:
-    """ValueError naming `name` unless `value` is a seed numpy's generators take (0 … 2**32 - 1)."""
-    if not 0 <= value < 2**32:
-        raise ValueError(f"{name} must be in 0 … {2**32 - 1}, got {value}")
+    """ValueError naming `name` unless `value` is a seed numpy's generators take (0 … MAX_SEED)."""
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{name} must be in 0 … {MAX_SEED}, got {value}")
 
 
 def default_num_workers() -> int:

@@ -23,6 +23,7 @@ import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from wrncifar.data.cifar100 import MAX_SEED
 from wrncifar.models.optimization import SCHEDULES_NEEDING_AN_END
 
 if TYPE_CHECKING:
@@ -113,9 +114,6 @@ def _schedule_end_problems(trainer: Mapping[str, Any], model: Mapping[str, Any])
         "trainer.max_epochs or trainer.max_steps, or use a schedule that needs no end (model.scheduler.name=constant "
         "or multistep)"
     ]
-
-
-MAX_SEED = 2**32 - 1  # numpy's generators and Lightning's seed_everything take seeds in 0 … 2**32 - 1
 
 
 def _seed_problems(node: Any, path: str) -> list[str]:
